@@ -1,0 +1,65 @@
+"""Cheap forward passes for optimisation: skip layers whose output is known, unembed only where needed."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from ..hooks import Trace
+from ..models.architecture import get_module
+
+
+def unembed(model, arch, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits for final-normed hidden states [..., d] -> [..., V] in float32 (with Gemma-2 soft-capping)."""
+    logits = get_module(model, arch.unembed)(hidden).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+@contextmanager
+def record_block_arity(model, arch, upto: int):
+    """While active, remember for blocks 0..`upto` how many values each returns (1 = a plain tensor)."""
+    blocks = get_module(model, arch.layers)
+    arity: dict[int, int] = {}
+    handles = [
+        blocks[index].register_forward_hook(
+            lambda module, inputs, output, _i=index: arity.__setitem__(_i, len(output) if isinstance(output, tuple) else 1))
+        for index in range(upto + 1)
+    ]
+    try:
+        yield arity
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def replay_layers(model, arch, upto: int, arity: dict[int, int]):
+    """Make blocks 0..`upto` pass their input through untouched, so a hook on block `upto` can
+    supply that block's cached output without computing anything below it. `arity` comes from
+    :func:`record_block_arity` on a real pass (GPT-J blocks return tuples, most others tensors)."""
+    blocks = get_module(model, arch.layers)
+
+    def passthrough(n_values: int):
+        def forward(hidden_states, *args, **kwargs):
+            return hidden_states if n_values == 1 else (hidden_states, *([None] * (n_values - 1)))
+        return forward
+
+    patched = []
+    try:
+        for index in range(upto + 1):
+            blocks[index].forward = passthrough(arity[index])
+            patched.append(index)
+        yield
+    finally:
+        for index in patched:
+            del blocks[index].forward  # drop the instance attribute: the class method is back
+
+
+def final_hidden(model, arch, input_ids, attention_mask) -> torch.Tensor:
+    """Final-normed hidden states [N, T, d] without computing the full-vocabulary logits."""
+    with Trace(model, arch.final_norm, retain_output=True, detach=False, stop=True) as trace:
+        model(input_ids=input_ids, attention_mask=attention_mask)  # stops at the final norm
+    return trace.output
