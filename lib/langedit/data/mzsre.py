@@ -1,0 +1,237 @@
+"""MzsRE (multilingual zsRE, from ReMaKE) as parallel edit requests in en/de/nl/es/fr/zh.
+
+Each pair file ``mzsre/mzsre_test_duplicate_en<xx>.json`` holds records ``{"en": {...}, "<xx>": {...}}``
+for the same facts in the same order, so the record index is a fact id shared across languages
+(``case_id``). Dutch is ``du`` in the file names and ``nl`` in this API. English requests come from
+the ``en`` side of the en-de file; every other language's ``english_twin`` is the ``en`` side of its
+own pair file (identical across files).
+
+Sampling is parallel: one seeded permutation of all case ids, walked in order, keeping a case only
+if its subject was located in *every* requested language; so the same seed gives the same facts in
+every language, and records whose subject cannot be located are skipped (and counted), never edited.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from .download import manifest_entry, read_json
+from .records import LANGUAGES, DataFormatError, EditRequest, RejectedRecord
+from .report import subject_location_report
+from .subjects import locate_subject, template_from_span
+
+logger = logging.getLogger(__name__)
+
+#: Our language code -> the code used in the ReMaKE file names.
+FILE_CODES: dict[str, str] = {"de": "de", "nl": "du", "es": "es", "fr": "fr", "zh": "zh"}
+TEXT_FIELDS: tuple[str, ...] = ("subject", "src", "rephrase", "alt", "loc", "loc_ans")
+
+
+def mzsre_relative_path(language: str) -> str:
+    """Data-directory path of the pair file that holds ``language`` (English: the en-de file)."""
+    return f"mzsre/mzsre_test_duplicate_en{FILE_CODES.get(language, 'de')}.json"
+
+
+@dataclass(frozen=True)
+class MzsrePool:
+    """Every record of the requested languages, located (``requests``) or rejected (``rejected``)."""
+
+    requests: dict[str, dict[int, EditRequest]]
+    rejected: dict[str, list[RejectedRecord]] = field(default_factory=dict)
+    n_records: int = 0
+
+    def eligible_case_ids(self) -> set[int]:
+        """Case ids whose subject was located in every language of the pool."""
+        located = [set(by_case) for by_case in self.requests.values()]
+        return set.intersection(*located) if located else set()
+
+    def report(self) -> pd.DataFrame:
+        """Per language, how many records each subject-location rule handled (incl. rejections)."""
+        merged = {lang: [*self.requests[lang].values(), *self.rejected.get(lang, [])] for lang in self.requests}
+        return subject_location_report(merged)
+
+
+def normalize_languages(languages: str | Iterable[str]) -> list[str]:
+    """Validate the language list: known codes, no duplicates, not empty (ValueError otherwise)."""
+    requested = [languages] if isinstance(languages, str) else list(languages)
+    if not requested:
+        raise ValueError(f"no languages requested; supported MzsRE languages: {', '.join(LANGUAGES)}")
+    for language in requested:
+        if language not in LANGUAGES:
+            hint = " (Dutch is 'nl' in this API; 'du' only appears in file names)" if language == "du" else ""
+            raise ValueError(
+                f"unsupported MzsRE language {language!r}{hint}; supported: {', '.join(LANGUAGES)}")
+    duplicates = sorted({lang for lang in requested if requested.count(lang) > 1})
+    if duplicates:
+        raise ValueError(f"languages listed more than once: {duplicates}")
+    return requested
+
+
+def _check_side(side: Any, where: str) -> dict[str, Any]:
+    if not isinstance(side, dict):
+        raise DataFormatError(f"{where}: expected an object, got {type(side).__name__}")
+    for name in TEXT_FIELDS:
+        if name not in side:
+            raise DataFormatError(f"{where}: missing field {name!r}")
+        if not isinstance(side[name], str) or not side[name].strip():
+            raise DataFormatError(f"{where}: field {name!r} must be a non-empty string, got {side[name]!r}")
+    portability = side.get("portability")
+    if portability is not None:
+        if not isinstance(portability, dict):
+            raise DataFormatError(f"{where}: field 'portability' must be an object or null")
+        for name in ("New Question", "New Answer"):
+            if not isinstance(portability.get(name), str):
+                raise DataFormatError(f"{where}: field 'portability.{name}' must be a string")
+    return side
+
+
+def parse_pairs(records: Any, relative: str, language: str) -> list[tuple[dict, dict]]:
+    """Validate parsed pair-file records into ``(english_side, language_side)`` tuples.
+
+    Errors name the file, the record index and the field, so a bad upstream version is easy to find.
+    """
+    code = "en" if language == "en" else FILE_CODES[language]
+    if not isinstance(records, list):
+        raise DataFormatError(f"{relative}: expected a list of records, got {type(records).__name__}")
+    pairs = []
+    for index, record in enumerate(records):
+        where = f"{relative} record {index}"
+        if not isinstance(record, dict):
+            raise DataFormatError(f"{where}: expected an object, got {type(record).__name__}")
+        for side in ("en", code):
+            if side not in record:
+                raise DataFormatError(f"{where}: missing field {side!r}")
+        pairs.append((_check_side(record["en"], f"{where} field 'en'"),
+                      _check_side(record[code], f"{where} field {code!r}")))
+    return pairs
+
+
+def read_pairs(language: str, data_dir: str | os.PathLike | None = None) -> list[tuple[dict, dict]]:
+    """The validated ``(english_side, language_side)`` records of one pair file, in file order.
+
+    Only the first ``n_records`` records pinned in the manifest are used, so a full upstream
+    download and the truncated local copy give identical results.
+    """
+    relative = mzsre_relative_path(language)
+    records = read_json(relative, data_dir)
+    if isinstance(records, list):
+        records = records[: manifest_entry(relative).get("n_records", len(records))]
+    return parse_pairs(records, relative, language)
+
+
+def _portability(side: dict) -> tuple[str | None, str | None]:
+    portability = side.get("portability")
+    if portability is None:
+        return None, None
+    return portability["New Question"], portability["New Answer"]
+
+
+def build_request(
+    case_id: int, language: str, side: dict, english_side: dict, english_twin: EditRequest | None
+) -> EditRequest | RejectedRecord:
+    """Locate the subject of one record and build its EditRequest, or reject it."""
+    question = side["src"]
+    english_subject = None if language == "en" else english_side["subject"]
+    location = locate_subject(question, side["subject"], english_subject)
+    if not location.located:
+        return RejectedRecord(case_id, language, question, side["subject"], english_side["subject"], location.score)
+    portability_prompt, portability_answer = _portability(side)
+    return EditRequest(
+        case_id=case_id, language=language, prompt=template_from_span(question, location.span),
+        subject=question[slice(*location.span)], target=side["alt"], paraphrase=side["rephrase"],
+        locality_prompt=side["loc"], locality_answer=side["loc_ans"], portability_prompt=portability_prompt,
+        portability_answer=portability_answer, subject_rule=location.rule, english_twin=english_twin,
+        source_subject=side["subject"], dataset="mzsre",
+    )
+
+
+def _english_request(case_id: int, english_side: dict) -> EditRequest:
+    request = build_request(case_id, "en", english_side, english_side, None)
+    if isinstance(request, RejectedRecord):  # English subjects all occur verbatim; fail loudly if not
+        raise DataFormatError(f"MzsRE record {case_id}: English subject {english_side['subject']!r} "
+                              f"not found in {english_side['src']!r}")
+    return request
+
+
+def _language_requests(language: str, data_dir) -> tuple[dict[int, EditRequest], list[RejectedRecord], int]:
+    pairs = read_pairs(language, data_dir)
+    requests, rejected = {}, []
+    for case_id, (english_side, side) in enumerate(pairs):
+        twin = _english_request(case_id, english_side)
+        if language == "en":
+            requests[case_id] = twin
+            continue
+        built = build_request(case_id, language, side, english_side, twin)
+        if isinstance(built, RejectedRecord):
+            rejected.append(built)
+        else:
+            requests[case_id] = built
+    return requests, rejected, len(pairs)
+
+
+def load_mzsre_pool(languages: str | Iterable[str], data_dir: str | os.PathLike | None = None) -> MzsrePool:
+    """All MzsRE records of ``languages`` with their subjects located (or rejected)."""
+    requests, rejected, sizes = {}, {}, set()
+    for language in normalize_languages(languages):
+        requests[language], rejected[language], size = _language_requests(language, data_dir)
+        sizes.add(size)
+    if len(sizes) != 1:
+        raise DataFormatError(f"MzsRE pair files disagree on the number of records: {sorted(sizes)}")
+    return MzsrePool(requests=requests, rejected=rejected, n_records=sizes.pop())
+
+
+def _check_count(n_per_language: int | None) -> None:
+    if n_per_language is None:
+        return
+    if isinstance(n_per_language, bool) or not isinstance(n_per_language, int):
+        raise TypeError(f"n_per_language must be an int or None, got {n_per_language!r}")
+    if n_per_language <= 0:
+        raise ValueError(f"n_per_language must be positive, got {n_per_language} (an empty selection edits nothing)")
+
+
+def sample_case_ids(pool: MzsrePool, n_per_language: int | None, seed: int) -> list[int]:
+    """Seeded parallel selection: the first ``n`` eligible ids of a permutation of all case ids.
+
+    The permutation depends only on ``seed`` and the file size, so adding a language only drops the
+    cases that language cannot locate; ``None`` selects every eligible case in file order.
+    """
+    eligible = pool.eligible_case_ids()
+    if n_per_language is None:
+        return sorted(eligible)
+    if n_per_language > len(eligible):
+        raise ValueError(
+            f"asked for {n_per_language} MzsRE requests per language but only {len(eligible)} of "
+            f"{pool.n_records} records have a located subject in all of {list(pool.requests)}")
+    order = list(range(pool.n_records))
+    random.Random(seed).shuffle(order)
+    return [case_id for case_id in order if case_id in eligible][:n_per_language]
+
+
+def load_mzsre(
+    languages: str | Iterable[str],
+    n_per_language: int | None = None,
+    seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
+) -> dict[str, list[EditRequest]]:
+    """Parallel MzsRE edit requests: ``{language: [EditRequest, ...]}`` with identical case ids.
+
+    ``n_per_language=None`` returns every record located in all requested languages. Logs (INFO) the
+    per-language subject-location counts of the whole files and of the selection.
+    """
+    _check_count(n_per_language)
+    pool = load_mzsre_pool(languages, data_dir)
+    case_ids = sample_case_ids(pool, n_per_language, seed)
+    selected = {language: [by_case[c] for c in case_ids] for language, by_case in pool.requests.items()}
+    skipped = pool.n_records - len(pool.eligible_case_ids())
+    logger.info("MzsRE subject location over all %d records (unlocated records are never edited):\n%s",
+                pool.n_records, pool.report().to_string())
+    logger.info("MzsRE selection: %d per language, seed %d; %d case ids skipped because a requested language "
+                "could not locate the subject:\n%s", len(case_ids), seed, skipped,
+                subject_location_report(selected).to_string())
+    return selected
