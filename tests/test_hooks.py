@@ -151,10 +151,6 @@ def test_tracing_a_missing_module_names_it_and_leaves_no_hook(llama):
     assert _hook_counts(llama.model) == hooks_before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug in langedit/hooks.py: TraceDict.__init__ leaves the hooks of the names before a missing "
-    "one registered (it should close self._stack when a Trace fails to register). Remove this marker "
-    "once fixed."))
 def test_tracedict_with_a_missing_later_module_leaves_no_hook():
     lm = build_tiny_model("llama")
     with pytest.raises(UnsupportedArchitectureError, match="no_such_module"):

@@ -50,8 +50,10 @@ class Trace:
         edit_output: OutputEdit | None = None,
         detach: bool = True,
         stop: bool = False,
+        after_hook: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
+        self._after = after_hook
         self.input: torch.Tensor | None = None
         self.output: torch.Tensor | None = None
         self._retain_input, self._retain_output = retain_input, retain_output
@@ -70,6 +72,8 @@ class Trace:
             self.output = self._keep(_first_tensor(output))
         if self._stop:
             raise StopForward
+        if self._after is not None:
+            self._after()
         return output
 
     def close(self) -> None:
@@ -84,7 +88,8 @@ class Trace:
 
 
 class TraceDict(dict):
-    """Several Traces at once, keyed by module name. ``stop=True`` stops after the last one listed."""
+    """Several Traces at once, keyed by module name. ``stop=True`` stops the forward pass as soon
+    as every traced module has run (whatever order they run in)."""
 
     def __init__(
         self,
@@ -99,11 +104,21 @@ class TraceDict(dict):
         super().__init__()
         names = list(dict.fromkeys(names))
         self._stack = ExitStack()
-        for index, name in enumerate(names):
-            edit = None if edit_output is None else (lambda out, _n=name: edit_output(out, _n))
-            self[name] = self._stack.enter_context(Trace(
-                model, name, retain_input, retain_output, edit, detach,
-                stop=stop and index == len(names) - 1))
+        self._fired: set[str] = set()
+        try:
+            for name in names:
+                edit = None if edit_output is None else (lambda out, _n=name: edit_output(out, _n))
+                after = (lambda _n=name: self._mark(_n, len(names))) if stop else None
+                self[name] = self._stack.enter_context(Trace(
+                    model, name, retain_input, retain_output, edit, detach, after_hook=after))
+        except Exception:
+            self._stack.close()  # a bad name must not leave the earlier hooks on the model
+            raise
+
+    def _mark(self, name: str, total: int) -> None:
+        self._fired.add(name)
+        if len(self._fired) == total:
+            raise StopForward
 
     def __enter__(self) -> "TraceDict":
         return self

@@ -28,27 +28,37 @@ def read_at_lookup(model, batch: Batch, names: Sequence[str], inputs: bool = Fal
     return {name: torch.cat(parts) for name, parts in found.items()}
 
 
-def templated_texts(requests: Sequence[Request], templates: list[list[str]]) -> tuple[list[str], list[tuple[int, int]]]:
-    """Every request in every template, request-major: row = request * n_templates + template."""
+def per_request(templates, n: int) -> list[list[list[str]]]:
+    """One templates structure for every request: a shared one is repeated, a list is checked."""
+    if templates and isinstance(templates[0][0], str):
+        return [templates] * n
+    if len(templates) != n:
+        raise ValueError(f"got templates for {len(templates)} requests, expected {n}")
+    return list(templates)
+
+
+def templated_texts(requests: Sequence[Request], templates) -> tuple[list[str], list[tuple[int, int]]]:
+    """Every request in every template, request-major: row = request * n_templates + template.
+    `templates` is one structure for all requests or one per request (same group sizes)."""
     texts, spans = [], []
-    flat = [t for group in templates for t in group]
-    for request in requests:
-        for template in flat:
+    for request, groups in zip(requests, per_request(templates, len(requests))):
+        for template in (t for group in groups for t in group):
             text, span = fill(template, request.prompt, request.subject)
             texts.append(text)
             spans.append(span)
     return texts, spans
 
 
-def average_over_templates(per_row: torch.Tensor, templates: list[list[str]]) -> torch.Tensor:
+def average_over_templates(per_row: torch.Tensor, templates) -> torch.Tensor:
     """MEMIT's average: mean within each template group, then mean over groups ([B*T, d] -> [B, d])."""
-    sizes = [len(group) for group in templates]
+    first = templates if isinstance(templates[0][0], str) else templates[0]
+    sizes = [len(group) for group in first]
     per_request = per_row.view(-1, sum(sizes), per_row.shape[-1])
     groups = torch.split(per_request, sizes, dim=1)
     return torch.stack([g.mean(dim=1) for g in groups]).mean(dim=0)
 
 
-def compute_keys(model, tokenizer, arch, requests: Sequence[Request], layer: int, templates: list[list[str]]) -> torch.Tensor:
+def compute_keys(model, tokenizer, arch, requests: Sequence[Request], layer: int, templates) -> torch.Tensor:
     """Keys k = input of W_out at the subject's last token, averaged over templates: [B, d_key]."""
     texts, spans = templated_texts(requests, templates)
     batch = encode(tokenizer, texts, spans)

@@ -1,0 +1,89 @@
+"""Hyperparameters per (method, model family), read from small JSON files in langedit/hparams/.
+
+Each file holds a ``common`` section and one section per method that overrides it; keyword
+overrides given by the caller win over both. Unknown keys are an error (a typo must not be
+silently ignored).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, replace
+from importlib.resources import files
+
+METHODS = ("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit")
+LANGEDIT_VARIANTS = ("paper", "released", "incremental")
+
+
+@dataclass(frozen=True)
+class Hparams:
+    layers: tuple[int, ...]
+    # value targets (MEMIT's compute_z)
+    v_steps: int = 25
+    v_lr: float = 0.1
+    clamp_norm_factor: float = 0.75
+    kl_factor: float = 0.0625
+    v_weight_decay: float = 0.5
+    early_stop_loss: float = 5e-2
+    # preserved-knowledge statistics
+    stats_corpus: str = "wikitext"
+    stats_tokens: int = 100_000
+    # closed-form solvers
+    mom2_update_weight: float = 15000.0     # MEMIT / PRUNE / RECT: lambda in (lambda C0 + K K^T)
+    nullspace_threshold: float = 2e-2       # AlphaEdit / LangEdit
+    l2: float = 10.0                        # AlphaEdit / LangEdit (released): L2 on the update
+    paper_ridge: float = 1.0                # LangEdit (paper / incremental): the "+ I" of the closed form
+    langedit_variant: str = "released"
+    residual_damping: float = 1e-3          # post-MLP-norm models only, see editing.residual
+    # ROME
+    rome_layer: int | None = None
+    # FT (constrained fine-tuning of one W_out)
+    ft_layer: int | None = None
+    ft_lr: float = 5e-4
+    ft_steps: int = 25
+    ft_norm_constraint: float = 5e-4
+    # PRUNE: singular values of the accumulated update above max sigma(W0) go through a log
+    prune_log_base: float = 2.718281828459045
+    # RECT: fraction of update entries (largest relative change) kept
+    rect_keep_fraction: float = 0.2
+    source: str = field(default="", compare=False)
+
+    @property
+    def value_layer(self) -> int:
+        return self.layers[-1]
+
+    def with_overrides(self, **overrides) -> "Hparams":
+        _check_keys(overrides, "overrides")
+        if "layers" in overrides:
+            overrides["layers"] = tuple(overrides["layers"])
+        return replace(self, **overrides)
+
+
+def _check_keys(values: dict, where: str) -> None:
+    known = {f.name for f in fields(Hparams)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {unknown} in {where}; known: {sorted(known)}")
+
+
+def available_families() -> list[str]:
+    return sorted(p.name[:-5] for p in files("langedit.hparams").iterdir() if p.name.endswith(".json"))
+
+
+def load_hparams(method: str, family: str, **overrides) -> Hparams:
+    """Hyperparameters of `method` for a model `family` (e.g. "gemma3", "llama", "qwen2", "gptj")."""
+    if method not in METHODS:
+        raise ValueError(f"unknown editing method {method!r}; choose from {METHODS}")
+    resource = files("langedit.hparams").joinpath(f"{family}.json")
+    if not resource.is_file():
+        raise ValueError(f"no hyperparameter file for model family {family!r}; available: {available_families()}")
+    spec = json.loads(resource.read_text())
+    values = {**spec.get("common", {}), **spec.get(method, {})}
+    values.pop("_comment", None)
+    _check_keys(values, f"hparams/{family}.json")
+    if "layers" not in values:
+        raise ValueError(f"hparams/{family}.json gives no 'layers' for {method}")
+    values["layers"] = tuple(values["layers"])
+    hp = Hparams(**values, source=f"hparams/{family}.json[{method}]").with_overrides(**overrides)
+    if hp.langedit_variant not in LANGEDIT_VARIANTS:
+        raise ValueError(f"unknown LangEdit variant {hp.langedit_variant!r}; choose from {LANGEDIT_VARIANTS}")
+    return hp

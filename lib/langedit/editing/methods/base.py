@@ -1,0 +1,37 @@
+"""What every editing method provides to the Editor."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..tokens import Request
+
+
+class Method:
+    """A method edits the model's W_out matrices in place; state beyond the Editor's is its own."""
+
+    name = "base"
+
+    def __init__(self, editor) -> None:
+        self.editor = editor
+        self.hp = editor.hparams
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(self.hp.layers)
+
+    def prepare(self) -> None:
+        """Called before every batch; compute statistics / projections the first time."""
+
+    def apply(self, requests: Sequence[Request], report) -> None:
+        raise NotImplementedError
+
+    def after_batch(self, keys_by_layer: dict[int, torch.Tensor]) -> None:
+        """Called with the batch's keys, read from the edited model (already added to editor.edited_kk)."""
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass

@@ -1,0 +1,195 @@
+"""MEMIT and the methods built on its multi-layer closed-form update: PRUNE, RECT, AlphaEdit, LangEdit.
+
+For a batch: optimise residual targets v* at the last edited layer once; then for each edited
+layer l (ascending), read the keys K at l and the residual still missing at the last layer,
+give layer l its share (1 / layers left), map it through the post-MLP norm if the family has one,
+and solve for dW in closed form. Each method differs only in that solve (and PRUNE/RECT in a
+post-processing of the update).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..activations import bare_batch, compute_keys, read_at_lookup
+from ..nullspace import (IncrementalNullSpace, null_dimension, paper_running_cov, projector_from_cov,
+                         released_cov_update)
+from ..residual import residual_to_value_shift
+from ..tokens import Request
+from ..values import ValueSettings, compute_values
+from .base import Method
+from .solvers import alphaedit_update, langedit_paper_update, memit_update, prune_restrain, rect_sparsify
+
+
+class MultiLayerMethod(Method):
+    def value_settings(self) -> ValueSettings:
+        hp = self.hp
+        return ValueSettings(layer=hp.value_layer, steps=hp.v_steps, lr=hp.v_lr, clamp_norm_factor=hp.clamp_norm_factor,
+                             kl_factor=hp.kl_factor, weight_decay=hp.v_weight_decay, early_stop_loss=hp.early_stop_loss)
+
+    def apply(self, requests: Sequence[Request], report) -> None:
+        ed = self.editor
+        templates = ed.templates_for(requests)
+        targets, _ = compute_values(ed.model, ed.tokenizer, ed.arch, requests, templates, self.value_settings(), ed.progress)
+        bare = bare_batch(ed.tokenizer, requests)
+        last = ed.arch.layer_name(self.hp.value_layer)
+        for index, layer in enumerate(self.layers):
+            keys = compute_keys(ed.model, ed.tokenizer, ed.arch, requests, layer, templates)
+            out_name = ed.arch.mlp_out_name(layer)
+            now = read_at_lookup(ed.model, bare, [last, out_name])
+            share = (targets - now[last]) / (len(self.layers) - index)
+            resid = residual_to_value_shift(ed.model, ed.arch, layer, now[out_name], share, self.hp.residual_damping)
+            update = self.solve(layer, keys, resid)
+            ed.add_update(layer, self.postprocess(layer, update))
+            self.after_layer(layer)
+        self.report_extra(report)
+
+    def solve(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def postprocess(self, layer: int, update: torch.Tensor) -> torch.Tensor:
+        return update
+
+    def after_layer(self, layer: int) -> None:
+        pass
+
+    def report_extra(self, report) -> None:
+        pass
+
+
+class Memit(MultiLayerMethod):
+    name = "memit"
+
+    def solve(self, layer, keys, resid):
+        return memit_update(keys, resid, self.editor.cov0(layer).moment.to(keys.device), self.hp.mom2_update_weight)
+
+
+class Rect(Memit):
+    """RECT: MEMIT's update with only the largest relative changes kept."""
+    name = "rect"
+
+    def postprocess(self, layer, update):
+        return rect_sparsify(update, self.editor.weight(layer).detach(), self.hp.rect_keep_fraction)
+
+
+class Prune(Memit):
+    """PRUNE: after each batch, restrain the accumulated update's singular values above max sigma(W0)."""
+    name = "prune"
+
+    def after_layer(self, layer):
+        ed = self.editor
+        original = ed.original[layer]
+        original = original.T if ed.arch.mlp_out_transposed else original
+        bound = float(torch.linalg.matrix_norm(original.double(), ord=2))
+        total = ed.weight(layer).detach().double() - original.double()
+        restrained = prune_restrain(total, bound, self.hp.prune_log_base)
+        with torch.no_grad():
+            weight = ed.weight(layer)
+            weight.copy_((original.double() + restrained).to(weight.dtype))
+
+
+class NullSpaceMethod(MultiLayerMethod):
+    """Shared by AlphaEdit and LangEdit: a projector per layer, recomputed as the method says."""
+
+    def __init__(self, editor) -> None:
+        super().__init__(editor)
+        self.projectors: dict[int, torch.Tensor] = {}
+
+    def initial_projector(self, layer: int) -> torch.Tensor:
+        cov = self.editor.cov0(layer).moment.to(self.editor.lm.device)
+        return projector_from_cov(cov, self.hp.nullspace_threshold)
+
+    def report_extra(self, report) -> None:
+        report.null_dimension.update({layer: null_dimension(p) for layer, p in self.projectors.items()})
+
+    def edited_kk(self, layer: int, like: torch.Tensor) -> torch.Tensor:
+        kk = self.editor.edited_kk.get(layer)
+        return torch.zeros(like.shape[1], like.shape[1], dtype=torch.float64, device=like.device) if kk is None else kk
+
+    def state(self):
+        return {f"projector.{layer}": p for layer, p in self.projectors.items()}
+
+    def load_state(self, state):
+        self.projectors = {int(k.split(".")[1]): v for k, v in state.items() if k.startswith("projector.")}
+
+
+class AlphaEdit(NullSpaceMethod):
+    """AlphaEdit: one static projector from the preserved keys K0, edited keys kept in the solve."""
+    name = "alphaedit"
+
+    def prepare(self):
+        for layer in self.layers:
+            if layer not in self.projectors:
+                self.projectors[layer] = self.initial_projector(layer)
+
+    def solve(self, layer, keys, resid):
+        return alphaedit_update(keys, resid, self.projectors[layer], self.edited_kk(layer, keys), self.hp.l2)
+
+
+class LangEdit(NullSpaceMethod):
+    """LangEdit: the null space follows the edits (dynamic projector), in one of three variants.
+
+    * ``released`` – the authors' code: their covariance recursion, AlphaEdit's solve (L2, K_p term).
+    * ``paper``    – Algorithm 1: count-weighted running covariance of K0 and all edited keys,
+                     dW = R K^T P (K K^T P + I)^-1.
+    * ``incremental`` – the hard null space of K0's dominant subspace and every edited key, kept as
+                     an incrementally updated projector (no eigen-decomposition per batch), with the
+                     paper's solve.
+    """
+    name = "langedit"
+
+    def __init__(self, editor) -> None:
+        super().__init__(editor)
+        self.variant = self.hp.langedit_variant
+        self.released_cov: dict[int, torch.Tensor] = {}
+        self.incremental: dict[int, IncrementalNullSpace] = {}
+
+    def projector(self, layer: int) -> torch.Tensor:
+        ed = self.editor
+        cov0 = ed.cov0(layer)
+        device = ed.lm.device
+        if self.variant == "incremental":
+            if layer not in self.incremental:
+                self.incremental[layer] = IncrementalNullSpace(self.initial_projector(layer))
+            return self.incremental[layer].projector
+        if self.variant == "paper":
+            kk = ed.edited_kk.get(layer)
+            if kk is None:
+                return projector_from_cov(cov0.moment.to(device), self.hp.nullspace_threshold)
+            cov = paper_running_cov(cov0.moment.to(device), cov0.n_tokens, kk, ed.n_edited)
+            return projector_from_cov(cov, self.hp.nullspace_threshold)
+        # released
+        if ed.n_batches == 0 or layer not in self.released_cov:
+            cov = cov0.moment.to(device).double()
+        else:
+            cov = released_cov_update(self.released_cov[layer], ed.edited_kk[layer], ed.n_batches)
+        self.released_cov[layer] = cov
+        return projector_from_cov(cov, self.hp.nullspace_threshold)
+
+    def prepare(self):
+        for layer in self.layers:
+            self.editor.cov0(layer)
+
+    def solve(self, layer, keys, resid):
+        self.projectors[layer] = self.projector(layer)
+        if self.variant == "released":
+            return alphaedit_update(keys, resid, self.projectors[layer], self.edited_kk(layer, keys), self.hp.l2)
+        return langedit_paper_update(keys, resid, self.projectors[layer], self.hp.paper_ridge)
+
+    def after_batch(self, keys_by_layer):
+        if self.variant == "incremental":
+            for layer, keys in keys_by_layer.items():
+                self.incremental[layer].add_keys(keys)
+
+    def state(self):
+        out = super().state()
+        out.update({f"released_cov.{l}": c for l, c in self.released_cov.items()})
+        out.update({f"incremental.{l}": n.projector for l, n in self.incremental.items()})
+        return out
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.released_cov = {int(k.split(".")[1]): v for k, v in state.items() if k.startswith("released_cov.")}
+        self.incremental = {int(k.split(".")[1]): IncrementalNullSpace(v) for k, v in state.items()
+                            if k.startswith("incremental.")}

@@ -1,0 +1,83 @@
+"""Editing metrics with the MEMIT/AlphaEdit zsRE protocol: token-level top-1 accuracy.
+
+For a prompt and an answer, the model reads prompt + answer (teacher forcing) and we count the
+answer tokens that are the argmax at the position before them. Efficacy uses the edit prompt and
+the new target, Generality the paraphrase, Specificity the locality question and its gold answer.
+"Locality agreement" (an extra column) is the fraction of the locality answer's positions where
+the edited model's argmax equals the unedited model's.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .forward import final_hidden, unembed
+from .tokens import target_ids
+
+
+@torch.no_grad()
+def answer_argmax(model, tokenizer, arch, prompts: Sequence[str], answers: Sequence[str],
+                  batch_size: int = 32, progress: bool = False) -> list[tuple[list[int], list[int]]]:
+    """For each (prompt, answer): (answer token ids, the model's argmax at each of their positions)."""
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    device = next(model.parameters()).device
+    results = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="scoring", disable=not progress, leave=False):
+        rows, spans = [], []
+        for prompt, answer in zip(prompts[start:start + batch_size], answers[start:start + batch_size]):
+            prefix = tokenizer(prompt)["input_ids"]
+            answer_ids = target_ids(tokenizer, answer)
+            rows.append(prefix + answer_ids[:-1])
+            spans.append((len(prefix) - 1, answer_ids))
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = torch.tensor(row)
+            mask[i, :len(row)] = 1
+        hidden = final_hidden(model, arch, ids.to(device), mask.to(device))
+        for i, (first, answer_ids) in enumerate(spans):
+            positions = torch.arange(first, first + len(answer_ids), device=device)
+            predicted = unembed(model, arch, hidden[i, positions]).argmax(-1).tolist()
+            results.append((answer_ids, predicted))
+    return results
+
+
+def token_accuracy(model, tokenizer, arch, prompts: Sequence[str], answers: Sequence[str], **kwargs) -> list[float]:
+    """Per example: the fraction of answer tokens predicted exactly (top-1, teacher forced)."""
+    return [sum(int(a == p) for a, p in zip(ids, pred)) / len(ids)
+            for ids, pred in answer_argmax(model, tokenizer, arch, prompts, answers, **kwargs)]
+
+
+def agreement(before: Sequence[Sequence[int]], after: Sequence[Sequence[int]]) -> list[float]:
+    """Per example: fraction of positions where two models' argmax tokens agree."""
+    return [sum(int(x == y) for x, y in zip(b, a)) / max(len(b), 1) for b, a in zip(before, after)]
+
+
+def edit_metrics(model, tokenizer, arch, requests, reference_predictions: Sequence[Sequence[int]] | None = None,
+                 batch_size: int = 32) -> dict[str, list[float]]:
+    """Efficacy, Generality, Specificity (and locality agreement if the unedited model's locality
+    predictions are given) for each request, in [0, 1]."""
+    questions = [r.prompt.format(r.subject) for r in requests]
+    paraphrases = [r.paraphrase for r in requests]
+    loc_prompts = [r.locality_prompt for r in requests]
+    loc_answers = [r.locality_answer for r in requests]
+    out = {
+        "efficacy": token_accuracy(model, tokenizer, arch, questions, [r.target for r in requests], batch_size=batch_size),
+        "generality": token_accuracy(model, tokenizer, arch, paraphrases, [r.target for r in requests], batch_size=batch_size),
+    }
+    loc = answer_argmax(model, tokenizer, arch, loc_prompts, loc_answers, batch_size=batch_size)
+    out["specificity"] = [sum(int(a == p) for a, p in zip(ids, pred)) / len(ids) for ids, pred in loc]
+    if reference_predictions is not None:
+        out["locality_agreement"] = agreement(reference_predictions, [pred for _, pred in loc])
+    return out
+
+
+def locality_predictions(model, tokenizer, arch, requests, batch_size: int = 32) -> list[list[int]]:
+    """The (unedited) model's argmax tokens over each request's locality answer, for agreement later."""
+    loc = answer_argmax(model, tokenizer, arch, [r.locality_prompt for r in requests],
+                        [r.locality_answer for r in requests], batch_size=batch_size)
+    return [pred for _, pred in loc]
