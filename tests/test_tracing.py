@@ -1,0 +1,269 @@
+"""Causal tracing on tiny random models of every family (no download), plus table logic."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from langedit.models.tiny import TINY_FAMILIES, build_tiny_model
+from langedit.tracing import (KINDS, SubjectNotFoundError, TraceFact, as_trace_fact, causal_trace, clean_run,
+                              encode_fact, heatmap_frame, make_noise, mlp_effect_by_layer, position_categories,
+                              restoration_grid, restored_answer_probs, restored_layers, state_names,
+                              suggest_edit_layers, token_effects, trace_fact)
+
+WORDS = ("the capital of France is Paris Eiffel Tower located in city Barack Obama was born Hawaii Danielle "
+         "Darrieux mother tongue French Question Answer ? :").split()
+FACTS = [
+    ("the Eiffel Tower is located in the city of", "Eiffel Tower", "Paris", "en"),
+    ("Danielle Darrieux mother tongue is", "Danielle Darrieux", "French", "fr"),
+    ("Barack Obama was born in", "Barack Obama", "Hawaii", "en"),
+]
+N_LAYERS = 4
+
+
+def word_tokenizer(bos: bool = True):
+    """A fast word-level tokenizer (offsets included) with a BOS token, built in memory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", *dict.fromkeys(WORDS)])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: thread start-up costs more than it saves, worst on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return word_tokenizer()
+
+
+@pytest.fixture(scope="module", params=TINY_FAMILIES)
+def tiny(request, tokenizer):
+    return build_tiny_model(request.param, tokenizer=tokenizer)
+
+
+def _noise(model, fact, std=1.0, n=3, seed=0):
+    return make_noise(fact, n, model.get_input_embeddings().weight.shape[-1], std, seed)
+
+
+# ----------------------------------------------------------------- facts and subjects
+
+def test_subject_range_and_answer(tokenizer):
+    fact = encode_fact(tokenizer, as_trace_fact(FACTS[0]))
+    assert fact.tokens[fact.subject_range[0]:fact.subject_range[1]] == ("Eiffel", "Tower")
+    assert tokenizer.convert_ids_to_tokens(fact.answer_id) == "Paris"
+    assert fact.tokens[0] == "<bos>"
+
+
+def test_gemma_tokenizer_spaces_and_cjk():
+    """Gemma writes " 2006" as "▁", "2", ...: the space token joins the prompt, "2" is the answer."""
+    from langedit.models import default_model_dir
+    from transformers import AutoTokenizer
+
+    folder = default_model_dir()
+    if not (folder / "tokenizer_config.json").exists():
+        pytest.skip("the default model has not been converted on this machine")
+    gemma = AutoTokenizer.from_pretrained(folder)
+    subject = "IAAF Combined Events Challenge"
+    fact = encode_fact(gemma, TraceFact(f"Question: When was {subject} founded?\nAnswer:", subject, "2006"))
+    assert fact.tokens[-1] == "▁" and gemma.convert_ids_to_tokens(fact.answer_id) == "2"
+    assert "".join(fact.tokens[slice(*fact.subject_range)]).replace("▁", " ").strip() == subject
+    zh_subject = "IAAF综合项目挑战赛"
+    zh = encode_fact(gemma, TraceFact(f"{zh_subject}的创立时间？答案：", zh_subject, "2006年"))
+    assert zh.tokens[-1] == "：" and gemma.convert_ids_to_tokens(zh.answer_id) == "2"
+
+
+def test_missing_subject_names_subject_and_prompt(tokenizer):
+    with pytest.raises(SubjectNotFoundError, match=r"'Big Ben'.*'the capital of France is'"):
+        encode_fact(tokenizer, TraceFact("the capital of France is", "Big Ben", "Paris"))
+
+
+def test_missing_subject_in_causal_trace(tiny, tokenizer):
+    facts = [("the capital of France is", "Big Ben", "Paris", "en")]
+    with pytest.raises(SubjectNotFoundError, match="Big Ben"):
+        causal_trace(tiny.model, tokenizer, facts, noise_std=1.0, progress=False)
+    result = causal_trace(tiny.model, tokenizer, facts, noise_std=1.0, progress=False, skip_missing_subject=True)
+    assert result.facts["status"].tolist() == ["subject_not_found"] and result.effects.empty
+
+
+@dataclass
+class _Request:  # the shape of langedit.data.EditRequest
+    prompt: str
+    subject: str
+    target: str
+    language: str
+
+    @property
+    def question(self) -> str:
+        return self.prompt.format(self.subject)
+
+
+def test_adapter_accepts_triples_dicts_and_requests():
+    expected = TraceFact("Question: Barack Obama was born in\nAnswer:", "Barack Obama", "Hawaii", "en")
+    template = "Question: {}\nAnswer:"
+    assert as_trace_fact(FACTS[2], template) == expected
+    assert as_trace_fact({"prompt": "{} was born in", "subject": "Barack Obama", "target": "Hawaii",
+                          "language": "en"}, template) == expected
+    assert as_trace_fact(_Request("{} was born in", "Barack Obama", "Hawaii", "en"), template) == expected
+    assert as_trace_fact(("Barack Obama was born in", "Barack Obama")).answer is None
+
+
+# ----------------------------------------------------------------- the engine, every family
+
+def test_restoring_every_hidden_state_recovers_clean_exactly(tiny, tokenizer):
+    model, fact = tiny.model, encode_fact(tokenizer, as_trace_fact(FACTS[0]))
+    names = state_names(tiny.arch, "hidden", N_LAYERS)
+    clean = clean_run(model, fact, names, fact.answer_id)
+    noise = _noise(model, fact, std=3.0)
+    corrupted = restored_answer_probs(model, fact, noise, fact.answer_id, clean=clean)
+    assert (corrupted - clean.prob).abs().max() > 1e-4  # the noise does something
+    everything = {name: range(fact.n_tokens) for name in names}
+    restored = restored_answer_probs(model, fact, noise, fact.answer_id, everything, clean=clean)
+    assert torch.allclose(restored, torch.full_like(restored, clean.prob), atol=1e-6, rtol=0)
+    one_layer = restored_answer_probs(model, fact, noise, fact.answer_id, {names[1]: range(fact.n_tokens)}, clean=clean)
+    assert torch.allclose(one_layer, torch.full_like(one_layer, clean.prob), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cached_grid_matches_full_recomputation(tiny, tokenizer, kind):
+    """The grid shares the corrupted prefix as a KV cache; it must equal restoring on the full sequence."""
+    model, fact = tiny.model, encode_fact(tokenizer, as_trace_fact(FACTS[1]))
+    names = state_names(tiny.arch, kind, N_LAYERS)
+    clean = clean_run(model, fact, names, fact.answer_id)
+    noise = _noise(model, fact, std=2.0)
+    positions = [fact.subject_range[0], fact.subject_range[1] - 1, fact.n_tokens - 1]
+    grid = restoration_grid(model, fact, noise, fact.answer_id, clean, kind, positions, window=2, max_rows=7)
+    for position in positions:
+        for layer in range(N_LAYERS):
+            restore = {names[w]: [position] for w in restored_layers(kind, layer, 2, N_LAYERS)}
+            direct = restored_answer_probs(model, fact, noise, fact.answer_id, restore, clean=clean).mean()
+            assert grid[position, layer] == pytest.approx(float(direct), abs=1e-6)
+    assert np.isnan(grid[fact.subject_range[0] - 1]).all()  # not asked for
+
+
+def test_last_layer_last_token_is_clean(tiny, tokenizer):
+    trace = trace_fact(tiny.model, tokenizer, FACTS[0], noise_std=3.0, kinds=("hidden",), n_samples=2)
+    assert trace.scores["hidden"][-1, -1] == pytest.approx(trace.p_clean, abs=1e-6)
+    before = trace.scores["hidden"][: trace.fact.subject_range[0]]
+    assert np.allclose(before, trace.p_corrupt)
+
+
+def test_zero_noise_has_zero_effect(tiny, tokenizer):
+    result = causal_trace(tiny.model, tokenizer, FACTS, noise_std=0.0, n_samples=2, answers="predicted",
+                          progress=False)
+    assert len(result.traces) == len(FACTS)
+    assert result.effects["indirect_effect"].abs().max() < 1e-6
+    assert np.allclose(result.effects["p_clean"], result.effects["p_corrupt"], atol=1e-6)
+    assert set(result.effects["kind"]) == set(KINDS)
+
+
+def test_seeded_noise_is_deterministic(tiny, tokenizer):
+    def run(seed):
+        return trace_fact(tiny.model, tokenizer, FACTS[2], noise_std=3.0, kinds=("mlp",), n_samples=2,
+                          seed=seed, categories=("last_subject",)).scores["mlp"]
+    first, again, other = run(0), run(0), run(1)
+    assert np.array_equal(first, again, equal_nan=True)
+    assert not np.array_equal(first, other, equal_nan=True)
+
+
+def test_start_of_prompt_subject_without_bos(tokenizer):
+    """Subject at token 0 (no BOS): the grid runs without a prefix cache."""
+    no_bos = word_tokenizer(bos=False)
+    model = build_tiny_model("llama", tokenizer=no_bos).model
+    fact = encode_fact(no_bos, as_trace_fact(FACTS[1]))
+    assert fact.subject_range[0] == 0
+    trace = trace_fact(model, no_bos, fact, noise_std=3.0, kinds=("hidden",), n_samples=2)
+    assert not np.isnan(trace.scores["hidden"]).any()
+    assert trace.scores["hidden"][-1, -1] == pytest.approx(trace.p_clean, abs=1e-6)
+
+
+def test_only_correct_facts_count(tokenizer):
+    model = build_tiny_model("qwen2", tokenizer=tokenizer).model
+    probe = clean_run(model, encode_fact(tokenizer, as_trace_fact(FACTS[0])), [])
+    right = tokenizer.convert_ids_to_tokens(probe.top_id)
+    wrong = next(w for w in WORDS if w != right and w.isalpha())
+    facts = [(*FACTS[0][:2], right, "en"), (*FACTS[0][:2], wrong, "de")]
+    result = causal_trace(model, tokenizer, facts, kinds=("mlp",), noise_std=3.0, n_samples=2, progress=False,
+                          categories=("last_subject",))
+    assert result.facts["status"].tolist() == ["counted", "wrong_before_corruption"]
+    counts = result.counts().set_index("language")
+    assert counts.loc["en", "n_counted"] == 1 and counts.loc["de", "n_counted"] == 0
+    assert set(result.effects["language"]) == {"en"}
+    assert set(result.effects["position_category"]) == {"last_subject"}
+
+
+def test_full_answer_criterion_needs_every_token(tokenizer):
+    model = build_tiny_model("gpt2", tokenizer=tokenizer).model
+    prompt, subject = FACTS[2][:2]
+    first_id = clean_run(model, encode_fact(tokenizer, TraceFact(prompt, subject)), []).top_id
+    first = tokenizer.convert_ids_to_tokens(first_id)
+    second_id = clean_run(model, encode_fact(tokenizer, TraceFact(f"{prompt} {first}", subject)), []).top_id
+    second = tokenizer.convert_ids_to_tokens(second_id)
+    other = next(w for w in WORDS if w not in (second, first) and w.isalpha())
+    facts = [(prompt, subject, f"{first} {second}", "en"), (prompt, subject, f"{first} {other}", "de")]
+    kwargs = dict(kinds=("mlp",), noise_std=3.0, n_samples=2, categories=("last_subject",), progress=False)
+    loose = causal_trace(model, tokenizer, facts, **kwargs)
+    strict = causal_trace(model, tokenizer, facts, criterion="full_answer", **kwargs)
+    assert loose.facts["status"].tolist() == ["counted", "counted"]
+    assert strict.facts["status"].tolist() == ["counted", "wrong_before_corruption"]
+
+
+def test_tables_for_heatmaps(tokenizer):
+    model = build_tiny_model("gemma3_text", tokenizer=tokenizer).model
+    result = causal_trace(model, tokenizer, FACTS, kinds=("hidden", "mlp"), noise_std=3.0, n_samples=2,
+                          answers="predicted", progress=False)
+    table = result.effects
+    assert {"language", "kind", "position_category", "layer", "prob", "indirect_effect", "n_facts",
+            "p_clean", "p_corrupt"} <= set(table.columns)
+    matrix = heatmap_frame(table, "en", "hidden")
+    assert list(matrix.columns) == list(range(N_LAYERS))
+    assert list(matrix.index) == ["first_subject", "last_subject", "first_subsequent", "further", "last"]
+    assert (table.loc[table.language == "en", "n_facts"] <= 2).all()
+    per_token = token_effects(result.traces[0])
+    assert len(per_token) == 2 * result.traces[0].fact.n_tokens * N_LAYERS
+    curve = mlp_effect_by_layer(table)
+    assert set(curve["language"]) == {"en", "fr", "all"} and len(suggest_edit_layers(curve, 2)) == 2
+
+
+# ----------------------------------------------------------------- pure table logic
+
+def test_position_categories_follow_rome():
+    groups = position_categories(10, (2, 6))
+    assert groups == {"first_subject": [2], "middle_subject": [3, 4], "last_subject": [5],
+                      "first_subsequent": [6], "further": [7, 8], "last": [9]}
+    short = position_categories(4, (1, 2))  # one-token subject, one token after it, then the last
+    assert short == {"first_subject": [1], "last_subject": [1], "first_subsequent": [2], "last": [3]}
+    assert "first_subsequent" not in position_categories(4, (1, 4))
+
+
+def test_suggest_edit_layers_picks_best_window():
+    effects = [0.0, 0.1, 0.5, 0.6, 0.4, 0.1, 0.9, 0.0]
+    curve = pd.DataFrame({"language": "all", "layer": range(8), "indirect_effect": effects})
+    assert suggest_edit_layers(curve, 3) == [2, 3, 4]
+    assert suggest_edit_layers(curve, 1) == [6]
+    with pytest.raises(ValueError, match="n_layers"):
+        suggest_edit_layers(curve, 9)
+
+
+def test_mlp_curve_weights_languages_by_facts():
+    table = pd.DataFrame({
+        "language": ["en", "de"], "kind": "mlp", "position_category": "last_subject", "layer": 0,
+        "prob": [0.5, 0.2], "indirect_effect": [0.3, 0.0], "n_facts": [3, 1]})
+    curve = mlp_effect_by_layer(table).set_index("language")
+    assert curve.loc["all", "indirect_effect"] == pytest.approx(0.225)
+    assert curve.loc["all", "n_facts"] == 4
