@@ -32,6 +32,9 @@ class Architecture:
     unembed: str
     n_layers_attr: str = "num_hidden_layers"
     post_mlp_norm: str | None = None
+    #: Gemma-2/3 also normalise the attention output before adding it (Llama's
+    #: ``post_attention_layernorm`` is the pre-MLP norm instead, so the name alone can't tell).
+    post_attn_norm: str | None = None
     #: GPT-2's Conv1D stores W_out as [d_in, d_out]; every other family as nn.Linear [d_out, d_in].
     mlp_out_transposed: bool = False
     #: Gemma multiplies the token embeddings by sqrt(d_model) inside the embedding module.
@@ -56,6 +59,10 @@ class Architecture:
         """The module whose output the MLP branch adds to the residual stream."""
         return self.layer_module(self.post_mlp_norm or self.mlp, layer)
 
+    def attn_block_out_name(self, layer: int) -> str:
+        """The module whose output the attention branch adds to the residual stream."""
+        return self.layer_module(self.post_attn_norm or self.attn, layer)
+
     def post_norm_name(self, layer: int) -> str | None:
         return None if self.post_mlp_norm is None else self.layer_module(self.post_mlp_norm, layer)
 
@@ -71,11 +78,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen2": Architecture(family="qwen2", **_LLAMA_LIKE),
     "mistral": Architecture(family="mistral", **_LLAMA_LIKE),
     "gemma3_text": Architecture(
-        family="gemma3", post_mlp_norm="post_feedforward_layernorm", embed_scale_in_module=True,
+        family="gemma3", post_mlp_norm="post_feedforward_layernorm", post_attn_norm="post_attention_layernorm",
+        embed_scale_in_module=True,
         **_LLAMA_LIKE,
     ),
     "gemma2": Architecture(
-        family="gemma2", post_mlp_norm="post_feedforward_layernorm", embed_scale_in_module=True,
+        family="gemma2", post_mlp_norm="post_feedforward_layernorm", post_attn_norm="post_attention_layernorm",
+        embed_scale_in_module=True,
         **_LLAMA_LIKE,
     ),
     "gptj": Architecture(

@@ -29,7 +29,6 @@ from .facts import EncodedFact
 KINDS = ("hidden", "mlp", "attn")
 
 #: Families whose attention branch is normalised again before it joins the residual stream.
-_POST_ATTN_NORM = {"gemma2": "post_attention_layernorm", "gemma3": "post_attention_layernorm"}
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -51,17 +50,8 @@ def d_model_of(model: nn.Module) -> int:
 
 
 def attn_block_out_name(arch: Architecture, layer: int) -> str:
-    """The module whose output the attention branch adds to the residual stream.
-
-    Gemma-2/3 normalise the attention output (``post_attention_layernorm``) before the residual add;
-    the other families add the attention module's own output. (Llama's ``post_attention_layernorm``
-    is the *pre-MLP* norm, so the name alone cannot decide this: the family does.)
-    """
-    described = getattr(arch, "attn_block_out_name", None)
-    if callable(described):
-        return described(layer)
-    post = getattr(arch, "post_attn_norm", None) or _POST_ATTN_NORM.get(arch.family)
-    return arch.layer_module(post, layer) if post else arch.attn_name(layer)
+    """The module whose output the attention branch adds to the residual stream (see Architecture)."""
+    return arch.attn_block_out_name(layer)
 
 
 def state_names(arch: Architecture, kind: str, n_layers: int) -> list[str]:

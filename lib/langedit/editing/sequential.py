@@ -1,0 +1,258 @@
+"""The multilingual sequential editing loop, with the paper's variants, written as it goes and resumable.
+
+    run = SequentialRun(lm, method="langedit", requests=load_mzsre(LANGS, 20), order=LANGS,
+                        batch_size=10, out_dir=results_dir() / "runs" / "langedit-...")
+    table = run.run()          # long table: after_language x eval_language x metric
+
+Modes (the paper's comparisons):
+* ``multilingual`` – one model, languages edited one after another (in `order`, or shuffled by seed).
+* ``monolingual`` – every language on a fresh copy of the original model.
+* ``summed``       – each language's update computed separately from the original model, then all
+                     updates added ("multilingual summed").
+* ``translation``  – only the English twins of all requests are edited; every language is evaluated.
+
+After each language step every language edited so far is evaluated (Efficacy, Generality,
+Specificity, locality agreement with the unedited model), so interference shows over time. Each
+finished batch is appended to ``batches.jsonl`` and the editor state saved, so an interrupted run
+resumes from its last finished batch. A run folder belongs to one configuration: reusing it with
+different parameters is an error, never a silently stale result.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..models.loading import LoadedModel
+from .editor import Editor
+from .metrics import edit_metrics, locality_predictions
+
+MODES = ("multilingual", "monolingual", "summed", "translation")
+METRICS = ("efficacy", "generality", "specificity", "locality_agreement")
+
+
+@dataclass
+class RunConfig:
+    method: str
+    order: tuple[str, ...]
+    n_per_language: int
+    batch_size: int
+    mode: str = "multilingual"
+    shuffle_seed: int | None = None      # None: languages in the given order
+    overrides: dict = field(default_factory=dict)
+    model: str = ""
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class StaleRunError(RuntimeError):
+    """The run folder holds results of a different configuration."""
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def language_order(order: Sequence[str], shuffle_seed: int | None) -> list[str]:
+    order = list(order)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(order)
+    return order
+
+
+class SequentialRun:
+    def __init__(self, lm: LoadedModel, method: str, requests: Mapping[str, Sequence], order: Sequence[str],
+                 batch_size: int, out_dir: str | os.PathLike, mode: str = "multilingual",
+                 shuffle_seed: int | None = None, progress: bool = True,
+                 editor_factory: Callable[..., Editor] | None = None, **overrides) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        missing = [lang for lang in order if lang not in requests or not requests[lang]]
+        if missing:
+            raise ValueError(f"no edit requests for language(s) {missing}")
+        sizes = {len(requests[lang]) for lang in order}
+        self.lm, self.requests, self.progress = lm, requests, progress
+        self.order = language_order(order, shuffle_seed)
+        self.config = RunConfig(method, tuple(self.order), max(sizes), batch_size, mode, shuffle_seed,
+                                dict(overrides), lm.name)
+        self.out_dir = Path(out_dir)
+        self._factory = editor_factory or (lambda: Editor(lm, method=method, progress=progress, **overrides))
+
+    # ----- files ---------------------------------------------------------------------------
+    def _claim_folder(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.out_dir / "config.json"
+        mine = {**asdict(self.config), "key": self.config.key()}
+        if config_path.exists():
+            theirs = json.loads(config_path.read_text())
+            if theirs.get("key") != mine["key"]:
+                raise StaleRunError(f"{self.out_dir} holds a run with a different configuration "
+                                    f"({theirs}); use another folder or delete it")
+        else:
+            config_path.write_text(json.dumps(mine, indent=1, default=str))
+
+    @property
+    def batches_path(self) -> Path:
+        return self.out_dir / "batches.jsonl"
+
+    @property
+    def evals_path(self) -> Path:
+        return self.out_dir / "evals.jsonl"
+
+    # ----- plan ----------------------------------------------------------------------------
+    def edit_plan(self) -> list[tuple[str, list]]:
+        """[(language step, batch of requests)] in editing order."""
+        plan = []
+        for language in self.order:
+            pool = list(self.requests[language])
+            if self.config.mode == "translation":
+                pool = [r.english_twin or r for r in pool]
+            for start in range(0, len(pool), self.config.batch_size):
+                plan.append((language, pool[start:start + self.config.batch_size]))
+        return plan
+
+    # ----- evaluation ----------------------------------------------------------------------
+    def _reference_locality(self) -> dict[str, list[list[int]]]:
+        path = self.out_dir / "reference_locality.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        ref = {lang: locality_predictions(self.lm.model, self.lm.tokenizer, self.lm.arch, self.requests[lang])
+               for lang in self.order}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(ref))
+        os.replace(tmp, path)
+        return ref
+
+    def _evaluate(self, after: str, languages: Sequence[str], reference, done: set) -> None:
+        for language in languages:
+            if (after, language) in done:
+                continue
+            scores = edit_metrics(self.lm.model, self.lm.tokenizer, self.lm.arch, self.requests[language],
+                                  reference_predictions=reference[language])
+            record = {"after": after, "language": language, "n": len(self.requests[language])}
+            record.update({name: 100.0 * sum(values) / len(values) for name, values in scores.items()})
+            _append_jsonl(self.evals_path, record)
+            done.add((after, language))
+
+    # ----- the loop ------------------------------------------------------------------------
+    def run(self) -> pd.DataFrame:
+        self._claim_folder()
+        reference = self._reference_locality()
+        done_evals = {(r["after"], r["language"]) for r in _read_jsonl(self.evals_path)}
+        self._evaluate("pre-edit", self.order, reference, done_evals)
+        if self.config.mode == "multilingual" or self.config.mode == "translation":
+            self._run_one_model(reference, done_evals)
+        elif self.config.mode == "monolingual":
+            self._run_monolingual(reference, done_evals)
+        else:
+            self._run_summed(reference, done_evals)
+        return self.table()
+
+    def _resume(self, editor: Editor, checkpoint: Path) -> int:
+        """Load the last saved editor state; drop batch records written after it. Returns batches done."""
+        if not (checkpoint / "state.json").exists():
+            return 0
+        editor.load(checkpoint)
+        finished = editor.n_batches
+        records = [r for r in _read_jsonl(self.batches_path) if r.get("checkpoint") == checkpoint.name]
+        others = [r for r in _read_jsonl(self.batches_path) if r.get("checkpoint") != checkpoint.name]
+        kept = others + records[:finished]
+        self.batches_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+        return finished
+
+    def _edit_batches(self, editor: Editor, plan, checkpoint: Path, reference, done_evals,
+                      evaluate_after: Callable[[str], Sequence[str]] | None) -> None:
+        finished = self._resume(editor, checkpoint)
+        bar = tqdm(total=len(plan), initial=finished, desc=f"{self.config.method} ({checkpoint.name})",
+                   disable=not self.progress, unit="batch")
+        for index, (language, batch) in enumerate(plan):
+            if index < finished:
+                continue
+            report = editor.apply(batch)
+            editor.save(checkpoint)
+            _append_jsonl(self.batches_path, {"checkpoint": checkpoint.name, "batch": index, "language": language,
+                                              **report.to_dict()})
+            bar.update(1)
+            last_of_language = index == len(plan) - 1 or plan[index + 1][0] != language
+            if last_of_language and evaluate_after is not None:
+                self._evaluate(language, evaluate_after(language), reference, done_evals)
+        bar.close()
+
+    def _run_one_model(self, reference, done_evals) -> None:
+        editor = self._factory()
+        plan = self.edit_plan()
+        if self.config.mode == "translation":
+            evaluate_after = lambda language: self.order if language == self.order[-1] else []
+        else:
+            evaluate_after = lambda language: self.order[: self.order.index(language) + 1]
+        try:
+            self._edit_batches(editor, plan, self.out_dir / "checkpoint", reference, done_evals, evaluate_after)
+            if self.config.mode == "translation":
+                self._evaluate("all", self.order, reference, done_evals)
+        finally:
+            editor.restore()
+
+    def _run_monolingual(self, reference, done_evals) -> None:
+        plan = self.edit_plan()
+        for language in self.order:
+            editor = self._factory()
+            try:
+                own = [step for step in plan if step[0] == language]
+                self._edit_batches(editor, own, self.out_dir / f"checkpoint-{language}", reference, done_evals,
+                                   lambda lang: [lang])
+            finally:
+                editor.restore()
+
+    def _run_summed(self, reference, done_evals) -> None:
+        plan = self.edit_plan()
+        updates: dict[int, torch.Tensor] = {}
+        editor = None
+        for language in self.order:
+            editor = self._factory()
+            try:
+                own = [step for step in plan if step[0] == language]
+                self._edit_batches(editor, own, self.out_dir / f"checkpoint-{language}", reference, done_evals, None)
+                for layer in editor.layers:
+                    delta = editor.weight(layer).detach() - (editor.original[layer].T if editor.arch.mlp_out_transposed
+                                                             else editor.original[layer])
+                    updates[layer] = delta if layer not in updates else updates[layer] + delta
+            finally:
+                editor.restore()
+        for layer, delta in updates.items():
+            editor.add_update(layer, delta)
+        try:
+            self._evaluate("all (summed)", self.order, reference, done_evals)
+        finally:
+            editor.restore()
+
+    # ----- results -------------------------------------------------------------------------
+    def table(self) -> pd.DataFrame:
+        """Long table: after, language, n, and one column per metric (percent)."""
+        frame = pd.DataFrame(_read_jsonl(self.evals_path))
+        if not frame.empty:
+            frame.insert(0, "method", self.config.method)
+            frame.insert(1, "mode", self.config.mode)
+        return frame
+
+    def batches(self) -> pd.DataFrame:
+        return pd.DataFrame(_read_jsonl(self.batches_path))
