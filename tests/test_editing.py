@@ -100,7 +100,7 @@ def tiny_editor(tok, method, cache, **overrides):
 
 @pytest.mark.parametrize("method", ["ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"])
 def test_every_method_edits_and_restores_bit_for_bit(tok, method, tmp_path):
-    lm, editor = tiny_editor(tok, method)
+    lm, editor = tiny_editor(tok, method, tmp_path)
     before = {name: p.detach().clone() for name, p in lm.model.named_parameters()}
     report = editor.apply(REQUESTS[:2])
     assert report.n_edits == 2 and report.seconds > 0 and report.peak_memory_bytes > 0

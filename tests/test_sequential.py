@@ -1,0 +1,75 @@
+"""The sequential loop on a tiny model: evaluation after each language, JSONL output, resume, staleness."""
+from dataclasses import dataclass
+
+import pytest
+
+from langedit.editing import Editor, load_hparams
+from langedit.editing.sequential import SequentialRun, StaleRunError, language_order
+from langedit.models.tiny import build_tiny_model
+
+
+@dataclass(frozen=True)
+class Req:
+    prompt: str
+    subject: str
+    target: str
+    language: str
+    case_id: int = 0
+    paraphrase: str = "Where is it?"
+    locality_prompt: str = "who wrote hamlet"
+    locality_answer: str = "Shakespeare"
+    english_twin: object = None
+
+
+REQUESTS = {"en": [Req("Where is {}?", "Rome", "Italy", "en"), Req("Who founded {}?", "Acme", "Bob", "en", 1)],
+            "de": [Req("Wo liegt {}?", "Rom", "Italien", "de"), Req("Wer gründete {}?", "Acme", "Bob", "de", 1)]}
+
+
+@pytest.fixture(scope="module")
+def setup(default_tokenizer, tmp_path_factory):
+    lm = build_tiny_model("gemma3_text", tokenizer=default_tokenizer)
+    cache = tmp_path_factory.mktemp("cache")
+    hp = load_hparams("memit", "gemma3", layers=[1, 2], v_steps=2, v_lr=0.5, stats_tokens=200)
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return Editor(lm, method="memit", hparams=hp, corpus_texts=["a b c d e f g h i j k"] * 30,
+                      progress=False, cache=cache)
+    return lm, factory, calls
+
+
+def test_multilingual_run_evaluates_every_edited_language_and_resumes(setup, tmp_path):
+    lm, factory, calls = setup
+    run = SequentialRun(lm, "memit", REQUESTS, ["en", "de"], batch_size=1, out_dir=tmp_path, progress=False,
+                        editor_factory=factory)
+    table = run.run()
+    steps = list(zip(table["after"], table["language"]))
+    assert steps == [("pre-edit", "en"), ("pre-edit", "de"), ("en", "en"), ("de", "en"), ("de", "de")]
+    assert len(run.batches()) == 4 and set(run.batches()["language"]) == {"en", "de"}
+    assert table[["efficacy", "generality", "specificity", "locality_agreement"]].stack().between(0, 100).all()
+    weights = {l: w.clone() for l, w in ((l, lm.model.model.layers[l].mlp.down_proj.weight) for l in (1, 2))}
+    # the run restored the model; running again resumes from the checkpoint and edits nothing new
+    again = SequentialRun(lm, "memit", REQUESTS, ["en", "de"], batch_size=1, out_dir=tmp_path, progress=False,
+                          editor_factory=factory).run()
+    assert len(again) == len(table) and len(run.batches()) == 4
+    for layer, weight in weights.items():
+        assert (lm.model.model.layers[layer].mlp.down_proj.weight == weight).all()
+
+
+def test_a_folder_of_another_configuration_is_refused(setup, tmp_path):
+    lm, factory, _ = setup
+    SequentialRun(lm, "memit", REQUESTS, ["en"], batch_size=2, out_dir=tmp_path, progress=False,
+                  editor_factory=factory).run()
+    with pytest.raises(StaleRunError, match="different configuration"):
+        SequentialRun(lm, "memit", REQUESTS, ["en"], batch_size=1, out_dir=tmp_path, progress=False,
+                      editor_factory=factory).run()
+
+
+def test_bad_arguments_and_shuffled_order():
+    assert language_order(["en", "de", "nl", "es"], 3) == language_order(["en", "de", "nl", "es"], 3)
+    assert sorted(language_order(["en", "de", "nl", "es"], 3)) == ["de", "en", "es", "nl"]
+    with pytest.raises(ValueError, match="unknown mode"):
+        SequentialRun(None, "memit", REQUESTS, ["en"], 1, "/tmp/x", mode="sideways")
+    with pytest.raises(ValueError, match=r"no edit requests for language\(s\) \['fr'\]"):
+        SequentialRun(None, "memit", REQUESTS, ["en", "fr"], 1, "/tmp/x")
