@@ -51,6 +51,13 @@ class Hparams:
     def value_layer(self) -> int:
         return self.layers[-1]
 
+    def value_settings(self, layer: int | None = None):
+        """Settings of the value-target optimisation at `layer` (default: the last edited layer)."""
+        from .values import ValueSettings
+        return ValueSettings(layer=self.value_layer if layer is None else layer, steps=self.v_steps, lr=self.v_lr,
+                             clamp_norm_factor=self.clamp_norm_factor, kl_factor=self.kl_factor,
+                             weight_decay=self.v_weight_decay, early_stop_loss=self.early_stop_loss)
+
     def with_overrides(self, **overrides) -> "Hparams":
         _check_keys(overrides, "overrides")
         if "layers" in overrides:

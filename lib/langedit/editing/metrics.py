@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .forward import final_hidden, unembed
-from .tokens import target_ids
+from .tokens import pad_right, target_ids
 
 
 @torch.no_grad()
@@ -32,12 +32,7 @@ def answer_argmax(model, tokenizer, arch, prompts: Sequence[str], answers: Seque
             answer_ids = target_ids(tokenizer, answer)
             rows.append(prefix + answer_ids[:-1])
             spans.append((len(prefix) - 1, answer_ids))
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            ids[i, :len(row)] = torch.tensor(row)
-            mask[i, :len(row)] = 1
+        ids, mask = pad_right(rows, tokenizer.pad_token_id)
         hidden = final_hidden(model, arch, ids.to(device), mask.to(device))
         for i, (first, answer_ids) in enumerate(spans):
             positions = torch.arange(first, first + len(answer_ids), device=device)

@@ -77,6 +77,17 @@ def encode(tokenizer, texts: Sequence[str], subject_spans: Sequence[tuple[int, i
     return Batch(enc["input_ids"], enc["attention_mask"], torch.tensor(lookup, dtype=torch.long))
 
 
+def pad_right(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists -> right-padded ids and attention mask [N, T]."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for index, row in enumerate(rows):
+        ids[index, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[index, :len(row)] = 1
+    return ids, mask
+
+
 def fill(template: str, prompt: str, subject: str) -> tuple[str, tuple[int, int]]:
     """Put `prompt` into a context template, then the subject into the prompt; return text and subject span."""
     text_with_slot = template.replace("{}", prompt, 1) if "{}" in template else template + prompt

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..hooks import Trace
-from .tokens import Request, encode, fill, target_ids
+from .tokens import Request, encode, fill, pad_right, target_ids
 from .values import KL_PROMPT, ValueSettings
 
 
@@ -24,12 +24,7 @@ def compute_value_one(model, tokenizer, arch, request: Request, templates: list[
     for row in range(len(texts)):
         length = int(prompts.attention_mask[row].sum())
         rows.append(prompts.input_ids[row, :length].tolist() + ids[:-1])
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for row, values in enumerate(rows):
-        input_ids[row, :len(values)] = torch.tensor(values)
-        mask[row, :len(values)] = 1
+    input_ids, mask = pad_right(rows, tokenizer.pad_token_id)
     input_ids, mask = input_ids.to(device), mask.to(device)
     lookups = prompts.lookup.tolist()
     layer_name = arch.layer_name(settings.layer)

@@ -24,9 +24,7 @@ from .solvers import alphaedit_update, langedit_paper_update, memit_update, prun
 
 class MultiLayerMethod(Method):
     def value_settings(self) -> ValueSettings:
-        hp = self.hp
-        return ValueSettings(layer=hp.value_layer, steps=hp.v_steps, lr=hp.v_lr, clamp_norm_factor=hp.clamp_norm_factor,
-                             kl_factor=hp.kl_factor, weight_decay=hp.v_weight_decay, early_stop_loss=hp.early_stop_loss)
+        return self.hp.value_settings()
 
     def apply(self, requests: Sequence[Request], report) -> None:
         ed = self.editor

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..activations import bare_batch, compute_keys, read_at_lookup
 from ..residual import residual_to_value_shift
-from ..values import ValueSettings, compute_values
+from ..values import compute_values
 from .base import Method
 from .solvers import rank_one_update
 
@@ -22,8 +22,7 @@ class Rome(Method):
     def apply(self, requests, report):
         ed, layer = self.editor, self.layers[0]
         hp = self.hp
-        settings = ValueSettings(layer=layer, steps=hp.v_steps, lr=hp.v_lr, clamp_norm_factor=hp.clamp_norm_factor,
-                                 kl_factor=hp.kl_factor, weight_decay=hp.v_weight_decay, early_stop_loss=hp.early_stop_loss)
+        settings = hp.value_settings(layer)
         cov = ed.cov0(layer).moment.to(ed.lm.device)
         for request in requests:
             templates = ed.templates_for([request])
