@@ -218,11 +218,13 @@ def load_mzsre(
     n_per_language: int | None = None,
     seed: int = 0,
     data_dir: str | os.PathLike | None = None,
+    verbose: bool = True,
 ) -> dict[str, list[EditRequest]]:
     """Parallel MzsRE edit requests: ``{language: [EditRequest, ...]}`` with identical case ids.
 
     ``n_per_language=None`` returns every record located in all requested languages. Logs (INFO) the
-    per-language subject-location counts of the whole files and of the selection.
+    per-language subject-location counts of the whole files and of the selection, and prints the
+    selection's counts unless ``verbose=False``.
     """
     _check_count(n_per_language)
     pool = load_mzsre_pool(languages, data_dir)
@@ -234,4 +236,8 @@ def load_mzsre(
     logger.info("MzsRE selection: %d per language, seed %d; %d case ids skipped because a requested language "
                 "could not locate the subject:\n%s", len(case_ids), seed, skipped,
                 subject_location_report(selected).to_string())
+    if verbose:
+        print(f"MzsRE: {len(case_ids)} facts per language (seed {seed}); {skipped} case ids skipped because a "
+              f"requested language could not locate the subject. Subject located by rule:\n"
+              f"{subject_location_report(selected).to_string()}")
     return selected
