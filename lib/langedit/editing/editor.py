@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from ..models.architecture import w_out, w_out_as_matrix
 from ..models.loading import LoadedModel
 from ..profiling import Measure
-from .activations import bare_batch, compute_keys, per_request, read_at_lookup
+from .activations import compute_keys
 from .hparams import Hparams, load_hparams
 from .stats import KeyMoment, key_moments
 from .templates import STARTERS, TemplateCache

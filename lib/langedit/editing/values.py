@@ -104,7 +104,6 @@ def compute_values(model, tokenizer, arch, requests: Sequence[Request], template
     problem = build_problem(tokenizer, requests, templates)
     to_dev = lambda t: t.to(device)
     layer_name = arch.layer_name(settings.layer)
-    rows = torch.arange(len(problem.owner))
 
     # One pass without gradient: block outputs up to L, and the initial KL distribution.
     with torch.no_grad(), record_block_arity(model, arch, settings.layer) as arity, \
