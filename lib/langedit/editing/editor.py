@@ -41,6 +41,7 @@ class BatchReport:
     update_norm: dict[int, float] = field(default_factory=dict)   # ||dW||_F per layer
     leakage: dict[int, float] = field(default_factory=dict)       # ||dW K_prev|| / (||dW|| ||K_prev||)
     null_dimension: dict[int, int] = field(default_factory=dict)  # kept dimension of P, null-space methods
+    value_seconds: float = 0.0                                    # of `seconds`: the value-target optimisation
 
     def to_dict(self) -> dict:
         return asdict(self)

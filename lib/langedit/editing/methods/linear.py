@@ -8,6 +8,7 @@ post-processing of the update).
 """
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import torch
@@ -29,7 +30,9 @@ class MultiLayerMethod(Method):
     def apply(self, requests: Sequence[Request], report) -> None:
         ed = self.editor
         templates = ed.templates_for(requests)
+        start = time.perf_counter()
         targets, _ = compute_values(ed.model, ed.tokenizer, ed.arch, requests, templates, self.value_settings(), ed.progress)
+        report.value_seconds += time.perf_counter() - start
         bare = bare_batch(ed.tokenizer, requests)
         last = ed.arch.layer_name(self.hp.value_layer)
         for index, layer in enumerate(self.layers):

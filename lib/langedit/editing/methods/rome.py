@@ -1,6 +1,8 @@
 """ROME: one rank-one update of a single W_out per edit, one edit at a time (sequentially within a batch)."""
 from __future__ import annotations
 
+import time
+
 from ..activations import bare_batch, compute_keys, read_at_lookup
 from ..residual import residual_to_value_shift
 from ..values import compute_values
@@ -26,7 +28,9 @@ class Rome(Method):
         cov = ed.cov0(layer).moment.to(ed.lm.device)
         for request in requests:
             templates = ed.templates_for([request])
+            start = time.perf_counter()
             target, _ = compute_values(ed.model, ed.tokenizer, ed.arch, [request], templates, settings, progress=False)
+            report.value_seconds += time.perf_counter() - start
             key = compute_keys(ed.model, ed.tokenizer, ed.arch, [request], layer, templates)[0]
             names = [ed.arch.layer_name(layer), ed.arch.mlp_out_name(layer)]
             now = read_at_lookup(ed.model, bare_batch(ed.tokenizer, [request]), names)
