@@ -51,6 +51,16 @@ def test_batched_values_equal_the_per_request_loop(tok, family):
         assert (values[row] - states[row]).norm() > 1e-3     # the optimisation did move
 
 
+def test_chunked_value_optimisation_equals_one_chunk(tok):
+    lm = build_tiny_model("gemma3_text", tokenizer=tok)
+    whole = ValueSettings(layer=2, steps=6, lr=0.5, chunk_requests=len(REQUESTS))
+    values, _ = compute_values(lm.model, tok, lm.arch, REQUESTS, [TEMPLATES] * 3, whole, progress=False)
+    for chunk in (1, 2):
+        settings = ValueSettings(layer=2, steps=6, lr=0.5, chunk_requests=chunk)
+        chunked, _ = compute_values(lm.model, tok, lm.arch, REQUESTS, [TEMPLATES] * 3, settings, progress=False)
+        assert torch.allclose(chunked, values, atol=1e-4, rtol=1e-4)   # padding width differs: float rounding only
+
+
 def test_keys_are_the_template_average_of_w_out_inputs(tok):
     lm = build_tiny_model("llama", tokenizer=tok)
     layer = 1

@@ -4,6 +4,8 @@ sequential runs cached on disk by their parameters (so 02, 03 and 04 reuse one r
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -23,16 +25,27 @@ METHOD_COLOURS = {"pre-edit": "#7f7f7f", "ft": "#bcbd22", "rome": "#56B4E9", "me
 #: results on Gemma-3-270M (CPU). paper: the paper's scales on a GPU (Llama-3-8B etc.).
 PROFILES: dict[str, dict] = {
     "smoke": dict(languages=("en", "de"), n_per_language=2, batch_size=2, seeds=(0,),
-                  methods=("memit", "alphaedit", "langedit"),
-                  overrides=dict(v_steps=3, stats_tokens=600), xtreme=dict(tasks=("xnli",), n_per_task=2),
+                  methods=("memit", "alphaedit", "langedit"), focus_methods=("alphaedit", "langedit"),
+                  radar_methods=("alphaedit", "langedit"), pair=("en", "zh"), pair_methods=("langedit",),
+                  overrides=dict(v_steps=3, stats_tokens=600, layers=(7, 8)),
+                  xtreme=dict(tasks=("xnli",), n_per_task=2),
+                  mlake=dict(languages=("en", "de"), n_per_language=2),
                   tracing=dict(facts_per_language=1, n_samples=2, kinds=("mlp",))),
-    "default": dict(languages=LANGUAGES, n_per_language=10, batch_size=10, seeds=(0,),
+    # About 45 min for notebooks 02-09 on 2 CPU cores (measured, README): 4 edits per language,
+    # XTREME restricted to the two log-likelihood tasks.
+    "default": dict(languages=LANGUAGES, n_per_language=4, batch_size=4, seeds=(0,),
                     methods=("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"),
-                    overrides=dict(), xtreme=dict(tasks=("xnli", "pawsx", "mlqa", "wikiann"), n_per_task=20),
-                    tracing=dict(facts_per_language=10, n_samples=5, kinds=("hidden", "mlp", "attn"))),
+                    focus_methods=("alphaedit", "langedit"), radar_methods=("rect", "alphaedit", "langedit"),
+                    pair=("en", "zh"), pair_methods=("alphaedit", "langedit"),
+                    overrides=dict(), xtreme=dict(tasks=("xnli", "pawsx"), n_per_task=20),
+                    mlake=dict(languages=("en", "de", "fr"), n_per_language=4),
+                    tracing=dict(facts_per_language=5, n_samples=3, kinds=("hidden", "mlp"))),
     "paper": dict(languages=LANGUAGES, n_per_language=400, batch_size=100, seeds=(0, 1, 2),
                   methods=("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"),
+                  focus_methods=("alphaedit", "langedit"), radar_methods=("rect", "alphaedit", "langedit"),
+                  pair=("en", "zh"), pair_methods=("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"),
                   overrides=dict(), xtreme=dict(tasks=("xnli", "pawsx", "mlqa", "wikiann"), n_per_task=100),
+                  mlake=dict(languages=("en", "de", "fr"), n_per_language=400),
                   tracing=dict(facts_per_language=100, n_samples=10, kinds=("hidden", "mlp", "attn"))),
 }
 
@@ -75,15 +88,103 @@ def run_folder(kind: str, method: str, mode: str, model: str, params: dict) -> P
     return results_dir() / "runs" / f"{kind}-{safe_model}-{method}-{mode}-{key}"
 
 
+@dataclass
+class RunResult:
+    """A finished sequential run: its evaluations, its batch reports and where it lives."""
+    evals: pd.DataFrame
+    batches: pd.DataFrame
+    folder: Path
+    method: str
+    mode: str
+    overrides: dict
+
+
 def sequential_run(lm, method: str, requests, order: Sequence[str], batch_size: int, mode: str = "multilingual",
-                   shuffle_seed: int | None = None, progress: bool = True, **overrides):
-    """Run (or resume, or reload) a sequential editing run; returns (evals table, batches table)."""
+                   shuffle_seed: int | None = None, progress: bool = True, portability: bool = False,
+                   **overrides) -> RunResult:
+    """Run (or resume, or reload) a sequential editing run, kept under results/runs/ by its parameters."""
     from .editing.sequential import SequentialRun
 
     params = dict(order=list(order), n=max(len(v) for v in requests.values()), batch_size=batch_size,
-                  shuffle_seed=shuffle_seed, case_ids={k: [r.case_id for r in v] for k, v in requests.items()},
-                  overrides=overrides)
+                  shuffle_seed=shuffle_seed, portability=portability,
+                  case_ids={k: [r.case_id for r in v] for k, v in requests.items()}, overrides=overrides)
     folder = run_folder("seq", method, mode, lm.name, params)
     run = SequentialRun(lm, method, requests, order, batch_size, folder, mode=mode, shuffle_seed=shuffle_seed,
-                        progress=progress, **overrides)
-    return run.run(), run.batches()
+                        progress=progress, portability=portability, **overrides)
+    evals = run.run()
+    return RunResult(evals, run.batches(), folder, method, mode, dict(overrides))
+
+
+@contextmanager
+def edited_model(lm, run: RunResult, checkpoint: str = "checkpoint"):
+    """The model with the final weights of `run` (a multilingual / translation run) loaded; restored after."""
+    from .editing import Editor
+
+    state = run.folder / checkpoint
+    if not (state / "state.json").exists():
+        raise FileNotFoundError(f"{state} holds no editor state; was the run finished?")
+    editor = Editor(lm, method=run.method, progress=False, **run.overrides)
+    editor.load(state)
+    try:
+        yield lm
+    finally:
+        editor.restore()
+
+
+def xtreme_scores(lm, settings: dict, seed: int = 0, run: RunResult | None = None, progress: bool = False) -> pd.DataFrame:
+    """XTREME F1 per task and language of the unedited model, or of `run`'s final edited model."""
+    from .xtreme import evaluate_xtreme
+
+    def evaluate():
+        return evaluate_xtreme(lm.model, lm.tokenizer, tasks=settings["tasks"], n_per_task=settings["n_per_task"],
+                               seed=seed, progress=progress)
+    if run is None:
+        return evaluate()
+    with edited_model(lm, run):
+        return evaluate()
+
+
+def final_scores(evals: pd.DataFrame) -> pd.DataFrame:
+    """Per language, the scores after the last editing step (the end of the sequence)."""
+    steps = [s for s in dict.fromkeys(evals["after"]) if s != "pre-edit"]
+    if not steps:
+        raise ValueError("the run has no evaluation after editing")
+    return evals[evals["after"] == steps[-1]]
+
+
+def language_steps(evals: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
+    """Scores of every evaluated language after each language step, with the number of edits so far."""
+    frame = evals[evals["after"] != "pre-edit"].copy()
+    n = frame.groupby("after")["n"].first()
+    edits_so_far = {lang: int(sum(n.get(l, 0) for l in order[:order.index(lang) + 1])) for lang in order if lang in n}
+    frame["step"] = frame["after"].map(lambda a: order.index(a) + 1)
+    frame["edits_so_far"] = frame["after"].map(edits_so_far)
+    return frame
+
+
+def paired_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """(t, two-sided p) of a paired t-test of a against b; NaN when fewer than two pairs or no variance."""
+    from scipy import stats
+
+    if len(a) != len(b):
+        raise ValueError(f"paired samples of different sizes: {len(a)} and {len(b)}")
+    if len(a) < 2:
+        return float("nan"), float("nan")
+    result = stats.ttest_rel(list(a), list(b))
+    return float(result.statistic), float(result.pvalue)
+
+
+def paper_table(table: int, metric_map: dict[str, str] | None = None) -> pd.DataFrame:
+    """The paper's reported numbers of `table` as a wide frame (model x method x metric), labelled as the paper's.
+
+    An empty frame (with a note printed) where the table is not stored: see lib/langedit/paper/README.md."""
+    from .paper_results import PaperTableNotAvailable, load_paper_table
+
+    try:
+        frame = load_paper_table(table)
+    except PaperTableNotAvailable as error:
+        print(f"paper Table {table}: not stored in this suite ({error}); see lib/langedit/paper/README.md")
+        return pd.DataFrame()
+    wide = frame.pivot_table(index=["model", "method"], columns="metric", values="value", aggfunc="first").reset_index()
+    wide.insert(0, "source", "paper (reported)")
+    return wide

@@ -24,6 +24,7 @@ class Hparams:
     kl_factor: float = 0.0625
     v_weight_decay: float = 0.5
     early_stop_loss: float = 5e-2
+    v_chunk_requests: int = 16              # requests per forward/backward of the value optimisation (memory only)
     # preserved-knowledge statistics
     stats_corpus: str = "wikitext"
     stats_tokens: int = 100_000
@@ -56,7 +57,8 @@ class Hparams:
         from .values import ValueSettings
         return ValueSettings(layer=self.value_layer if layer is None else layer, steps=self.v_steps, lr=self.v_lr,
                              clamp_norm_factor=self.clamp_norm_factor, kl_factor=self.kl_factor,
-                             weight_decay=self.v_weight_decay, early_stop_loss=self.early_stop_loss)
+                             weight_decay=self.v_weight_decay, early_stop_loss=self.early_stop_loss,
+                             chunk_requests=self.v_chunk_requests)
 
     def with_overrides(self, **overrides) -> "Hparams":
         _check_keys(overrides, "overrides")

@@ -53,26 +53,42 @@ def agreement(before: Sequence[Sequence[int]], after: Sequence[Sequence[int]]) -
 
 
 def edit_metrics(model, tokenizer, arch, requests, reference_predictions: Sequence[Sequence[int]] | None = None,
-                 batch_size: int = 32) -> dict[str, list[float]]:
+                 batch_size: int = 32, portability: bool = False) -> dict[str, list[float]]:
     """Efficacy, Generality, Specificity (and locality agreement if the unedited model's locality
-    predictions are given) for each request, in [0, 1]."""
+    predictions are given; portability, the multi-hop question, if asked) per request, in [0, 1].
+
+    Requests without a paraphrase / locality probe / portability question (MLaKE has no locality
+    probe) are left out of that metric's list; a metric no request has is left out of the result."""
+    if len(requests) == 0:
+        raise ValueError("edit_metrics got no requests")
     questions = [r.prompt.format(r.subject) for r in requests]
-    paraphrases = [r.paraphrase for r in requests]
-    loc_prompts = [r.locality_prompt for r in requests]
-    loc_answers = [r.locality_answer for r in requests]
-    out = {
-        "efficacy": token_accuracy(model, tokenizer, arch, questions, [r.target for r in requests], batch_size=batch_size),
-        "generality": token_accuracy(model, tokenizer, arch, paraphrases, [r.target for r in requests], batch_size=batch_size),
-    }
-    loc = answer_argmax(model, tokenizer, arch, loc_prompts, loc_answers, batch_size=batch_size)
-    out["specificity"] = [sum(int(a == p) for a, p in zip(ids, pred)) / len(ids) for ids, pred in loc]
-    if reference_predictions is not None:
-        out["locality_agreement"] = agreement(reference_predictions, [pred for _, pred in loc])
+    out = {"efficacy": token_accuracy(model, tokenizer, arch, questions, [r.target for r in requests],
+                                      batch_size=batch_size)}
+    with_paraphrase = [r for r in requests if getattr(r, "paraphrase", None)]
+    if with_paraphrase:
+        out["generality"] = token_accuracy(model, tokenizer, arch, [r.paraphrase for r in with_paraphrase],
+                                           [r.target for r in with_paraphrase], batch_size=batch_size)
+    with_locality = [r for r in requests if getattr(r, "locality_prompt", None)]
+    if with_locality:
+        loc = answer_argmax(model, tokenizer, arch, [r.locality_prompt for r in with_locality],
+                            [r.locality_answer for r in with_locality], batch_size=batch_size)
+        out["specificity"] = [sum(int(a == p) for a, p in zip(ids, pred)) / len(ids) for ids, pred in loc]
+        if reference_predictions is not None:
+            if len(reference_predictions) != len(with_locality):
+                raise ValueError(f"{len(reference_predictions)} reference predictions for {len(with_locality)} locality probes")
+            out["locality_agreement"] = agreement(reference_predictions, [pred for _, pred in loc])
+    with_portability = [r for r in requests if getattr(r, "portability_prompt", None)] if portability else []
+    if with_portability:
+        out["portability"] = token_accuracy(model, tokenizer, arch, [r.portability_prompt for r in with_portability],
+                                            [r.portability_answer for r in with_portability], batch_size=batch_size)
     return out
 
 
 def locality_predictions(model, tokenizer, arch, requests, batch_size: int = 32) -> list[list[int]]:
     """The (unedited) model's argmax tokens over each request's locality answer, for agreement later."""
-    loc = answer_argmax(model, tokenizer, arch, [r.locality_prompt for r in requests],
-                        [r.locality_answer for r in requests], batch_size=batch_size)
+    probed = [r for r in requests if getattr(r, "locality_prompt", None)]
+    if not probed:
+        return []
+    loc = answer_argmax(model, tokenizer, arch, [r.locality_prompt for r in probed],
+                        [r.locality_answer for r in probed], batch_size=batch_size)
     return [pred for _, pred in loc]

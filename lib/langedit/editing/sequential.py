@@ -6,13 +6,15 @@
 
 Modes (the paper's comparisons):
 * ``multilingual`` – one model, languages edited one after another (in `order`, or shuffled by seed).
-* ``monolingual`` – every language on a fresh copy of the original model.
+* ``monolingual`` – every language on a fresh copy of the original model; each such model is
+                     evaluated on every language (the cross-lingual transfer matrix).
 * ``summed``       – each language's update computed separately from the original model, then all
                      updates added ("multilingual summed").
 * ``translation``  – only the English twins of all requests are edited; every language is evaluated.
 
 After each language step every language edited so far is evaluated (Efficacy, Generality,
-Specificity, locality agreement with the unedited model), so interference shows over time. Each
+Specificity, locality agreement with the unedited model; Portability if asked), so interference
+shows over time. Requests without a locality probe (MLaKE) get no Specificity. Each
 finished batch is appended to ``batches.jsonl`` and the editor state saved, so an interrupted run
 resumes from its last finished batch. A run folder belongs to one configuration: reusing it with
 different parameters is an error, never a silently stale result.
@@ -47,6 +49,7 @@ class RunConfig:
     batch_size: int
     mode: str = "multilingual"
     shuffle_seed: int | None = None      # None: languages in the given order
+    portability: bool = False            # also score the multi-hop / portability question
     overrides: dict = field(default_factory=dict)
     model: str = ""
 
@@ -81,7 +84,7 @@ def language_order(order: Sequence[str], shuffle_seed: int | None) -> list[str]:
 class SequentialRun:
     def __init__(self, lm: LoadedModel, method: str, requests: Mapping[str, Sequence], order: Sequence[str],
                  batch_size: int, out_dir: str | os.PathLike, mode: str = "multilingual",
-                 shuffle_seed: int | None = None, progress: bool = True,
+                 shuffle_seed: int | None = None, progress: bool = True, portability: bool = False,
                  editor_factory: Callable[..., Editor] | None = None, **overrides) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
@@ -94,7 +97,7 @@ class SequentialRun:
         self.lm, self.requests, self.progress = lm, requests, progress
         self.order = language_order(order, shuffle_seed)
         self.config = RunConfig(method, tuple(self.order), max(sizes), batch_size, mode, shuffle_seed,
-                                dict(overrides), lm.name)
+                                portability, dict(overrides), lm.name)
         self.out_dir = Path(out_dir)
         self._factory = editor_factory or (lambda: Editor(lm, method=method, progress=progress, **overrides))
 
@@ -148,7 +151,8 @@ class SequentialRun:
             if (after, language) in done:
                 continue
             scores = edit_metrics(self.lm.model, self.lm.tokenizer, self.lm.arch, self.requests[language],
-                                  reference_predictions=reference[language])
+                                  reference_predictions=reference[language] or None,
+                                  portability=self.config.portability)
             record = {"after": after, "language": language, "n": len(self.requests[language])}
             record.update({name: 100.0 * sum(values) / len(values) for name, values in scores.items()})
             _append_jsonl(self.evals_path, record)
@@ -219,7 +223,7 @@ class SequentialRun:
             try:
                 own = [step for step in plan if step[0] == language]
                 self._edit_batches(editor, own, self.out_dir / f"checkpoint-{language}", reference, done_evals,
-                                   lambda lang: [lang])
+                                   lambda lang: self.order)
             finally:
                 editor.restore()
 

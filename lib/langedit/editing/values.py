@@ -37,6 +37,7 @@ class ValueSettings:
     kl_factor: float = 0.0625
     weight_decay: float = 0.5
     early_stop_loss: float = 5e-2
+    chunk_requests: int = 16   # requests per forward/backward (memory bound only; results do not depend on it)
 
 
 @dataclass
@@ -122,37 +123,23 @@ def compute_values(model, tokenizer, arch, requests: Sequence[Request], template
     active = torch.ones(len(requests), dtype=torch.bool)
     bar = tqdm(range(settings.steps), desc=f"value targets ({len(requests)} edits)", disable=not progress, leave=False)
     for step in bar:
-        requests_on = active.nonzero().squeeze(1)
-        sub, old_rows = _subset(problem, requests_on)
-        owner = to_dev(sub.owner)
-        start = cached[to_dev(old_rows)]
-        position = to_dev(sub.lookup)
-
-        def inject(output: torch.Tensor) -> torch.Tensor:
-            shift = torch.zeros_like(start)
-            shift[torch.arange(len(owner), device=device), position] = delta[owner].to(start.dtype)
-            return start + shift
-
-        with replay_layers(model, arch, settings.layer, arity), Trace(model, layer_name, edit_output=inject, retain_output=False):
-            hidden = final_hidden(model, arch, to_dev(sub.input_ids), to_dev(sub.attention_mask))
-        logp = torch.log_softmax(unembed(model, arch, hidden[to_dev(sub.target_rows), to_dev(sub.target_pos)]), -1)
-        token_nll = -logp.gather(1, to_dev(sub.target_tok)[:, None]).squeeze(1) * to_dev(sub.target_weight)
-        nll = torch.zeros(len(requests), device=device).index_add(0, owner[to_dev(sub.target_rows)], token_nll)
-        kl_sub = sub.is_kl.nonzero().squeeze(1)
-        kl_new = torch.log_softmax(unembed(model, arch, hidden[to_dev(kl_sub), to_dev(sub.lookup[kl_sub])]), -1)
-        kl_init_on = kl_init[to_dev(sub.owner[kl_sub])]
-        kl_each = (kl_new.exp() * (kl_new - kl_init_on)).sum(-1)
-        kl = torch.zeros(len(requests), device=device).index_add(0, to_dev(sub.owner[kl_sub]), kl_each)
-        decay = settings.weight_decay * delta.norm(dim=1) / h.norm(dim=1) ** 2
-        loss_each = nll + settings.kl_factor * kl + decay
-        on = to_dev(active)
-        done = (loss_each < settings.early_stop_loss) & on
-        bar.set_postfix(loss=f"{loss_each[on].mean().item():.3f}", active=int(active.sum()))
-        active &= ~done.cpu()
-        if not active.any() or step == settings.steps - 1:  # as the reference: no update after the last loss
-            break
+        last_step = step == settings.steps - 1
         optimizer.zero_grad()
-        (loss_each * to_dev(active)).sum().backward()
+        losses = torch.zeros(len(requests))
+        # Chunks of requests bound the memory (activations, vocabulary-wide log-probs); every
+        # request's rows are in one chunk, and gradients add up, so the step is unchanged.
+        for chunk in active.nonzero().squeeze(1).split(settings.chunk_requests):
+            loss_each = _chunk_loss(model, arch, problem, chunk, cached, delta, kl_init, h, settings, layer_name,
+                                    arity, device)
+            done = loss_each.detach().cpu()[chunk] < settings.early_stop_loss
+            losses[chunk] = loss_each.detach().cpu()[chunk]
+            active[chunk[done]] = False
+            if not last_step and active[chunk].any():  # as the reference: no update after the last loss
+                (loss_each * to_dev(active)).sum().backward()
+        was_on = losses > 0
+        bar.set_postfix(loss=f"{losses[was_on].mean().item() if was_on.any() else 0:.3f}", active=int(active.sum()))
+        if not active.any() or last_step:
+            break
         grad_mask = to_dev(active)[:, None]
         delta.grad *= grad_mask  # finished rows keep their delta (Adam would move them on stale moments)
         saved = delta.detach().clone()
@@ -163,3 +150,35 @@ def compute_values(model, tokenizer, arch, requests: Sequence[Request], template
             scale = torch.where(norms > max_norm, max_norm / norms.clamp_min(1e-12), torch.ones_like(norms))
             delta.mul_(scale[:, None])
     return (h + delta.detach()).float(), h
+
+
+def _chunk_loss(model, arch, problem: ValueProblem, requests_on: torch.Tensor, cached: torch.Tensor,
+                delta: torch.Tensor, kl_init: torch.Tensor, h: torch.Tensor, settings: ValueSettings,
+                layer_name: str, arity, device) -> torch.Tensor:
+    """loss_b for the requests in `requests_on` (zero elsewhere), [B], differentiable in delta."""
+    to_dev = lambda t: t.to(device)
+    n_requests = len(h)
+    sub, old_rows = _subset(problem, requests_on)
+    owner = to_dev(sub.owner)
+    start = cached[to_dev(old_rows)]
+    position = to_dev(sub.lookup)
+
+    def inject(output: torch.Tensor) -> torch.Tensor:
+        shift = torch.zeros_like(start)
+        shift[torch.arange(len(owner), device=device), position] = delta[owner].to(start.dtype)
+        return start + shift
+
+    with replay_layers(model, arch, settings.layer, arity), Trace(model, layer_name, edit_output=inject, retain_output=False):
+        hidden = final_hidden(model, arch, to_dev(sub.input_ids), to_dev(sub.attention_mask))
+    logp = torch.log_softmax(unembed(model, arch, hidden[to_dev(sub.target_rows), to_dev(sub.target_pos)]), -1)
+    token_nll = -logp.gather(1, to_dev(sub.target_tok)[:, None]).squeeze(1) * to_dev(sub.target_weight)
+    nll = torch.zeros(n_requests, device=device).index_add(0, owner[to_dev(sub.target_rows)], token_nll)
+    kl_sub = sub.is_kl.nonzero().squeeze(1)
+    kl_new = torch.log_softmax(unembed(model, arch, hidden[to_dev(kl_sub), to_dev(sub.lookup[kl_sub])]), -1)
+    kl_init_on = kl_init[to_dev(sub.owner[kl_sub])]
+    kl_each = (kl_new.exp() * (kl_new - kl_init_on)).sum(-1)
+    kl = torch.zeros(n_requests, device=device).index_add(0, to_dev(sub.owner[kl_sub]), kl_each)
+    on = torch.zeros(n_requests, dtype=torch.bool, device=device)
+    on[to_dev(requests_on)] = True
+    decay = settings.weight_decay * delta.norm(dim=1) / h.norm(dim=1) ** 2
+    return (nll + settings.kl_factor * kl + decay) * on
