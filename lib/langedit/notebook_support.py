@@ -131,16 +131,18 @@ def edited_model(lm, run: RunResult, checkpoint: str = "checkpoint"):
         editor.restore()
 
 
-def xtreme_scores(lm, settings: dict, seed: int = 0, run: RunResult | None = None, progress: bool = False) -> pd.DataFrame:
-    """XTREME F1 per task and language of the unedited model, or of `run`'s final edited model."""
+def xtreme_scores(lm, settings: dict, seed: int = 0, run: RunResult | None = None, checkpoint: str = "checkpoint",
+                  languages: Sequence[str] | None = None, progress: bool = False) -> pd.DataFrame:
+    """XTREME F1 per task and language of the unedited model, or of the edited model saved in `run`
+    (its final state; `checkpoint="checkpoint-de"` for one language of a monolingual run)."""
     from .xtreme import evaluate_xtreme
 
     def evaluate():
-        return evaluate_xtreme(lm.model, lm.tokenizer, tasks=settings["tasks"], n_per_task=settings["n_per_task"],
-                               seed=seed, progress=progress)
+        return evaluate_xtreme(lm.model, lm.tokenizer, tasks=settings["tasks"], languages=languages,
+                               n_per_task=settings["n_per_task"], seed=seed, progress=progress)
     if run is None:
         return evaluate()
-    with edited_model(lm, run):
+    with edited_model(lm, run, checkpoint):
         return evaluate()
 
 
@@ -188,3 +190,94 @@ def paper_table(table: int, metric_map: dict[str, str] | None = None) -> pd.Data
     wide = frame.pivot_table(index=["model", "method"], columns="metric", values="value", aggfunc="first").reset_index()
     wide.insert(0, "source", "paper (reported)")
     return wide
+
+
+def resolve(profile: str, **given) -> dict:
+    """The profile's settings with every parameter the caller gave (not None) taking precedence."""
+    settings = profile_settings(profile)
+    unknown = sorted(set(given) - set(settings))
+    if unknown:
+        raise ValueError(f"unknown notebook parameter(s) {unknown}; known: {sorted(settings)}")
+    settings.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if v is not None})
+    return settings
+
+
+EDIT_METRICS = ("efficacy", "generality", "specificity")
+
+
+def summary_table(runs: dict[tuple[int, str], RunResult], xtreme_f1: dict[tuple[int, str], float] | None = None,
+                  metrics: Sequence[str] = EDIT_METRICS) -> pd.DataFrame:
+    """One row per (seed, method): each metric averaged over languages after the last step, plus
+    a 'pre-edit' row per seed (the unedited model, from the runs' own pre-edit evaluation)."""
+    rows = []
+    for (seed, method), run in runs.items():
+        final = final_scores(run.evals)
+        rows.append({"seed": seed, "method": method, **{m: final[m].mean() for m in metrics if m in final}})
+    for seed in sorted({seed for seed, _ in runs}):
+        any_run = next(run for (s, _), run in runs.items() if s == seed)
+        pre = any_run.evals[any_run.evals["after"] == "pre-edit"]
+        rows.append({"seed": seed, "method": "pre-edit", **{m: pre[m].mean() for m in metrics if m in pre}})
+    frame = pd.DataFrame(rows)
+    if xtreme_f1 is not None:
+        frame["xtreme_f1"] = [xtreme_f1.get((s, m)) for s, m in zip(frame["seed"], frame["method"])]
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return frame.sort_values(["seed", "method"], key=lambda c: c.map(order) if c.name == "method" else c,
+                             ignore_index=True)
+
+
+def mean_std(summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds per method ('std' is NaN with one seed)."""
+    values = [c for c in summary.columns if c not in ("seed", "method")]
+    grouped = summary.groupby("method", sort=False)[values]
+    out = grouped.mean().add_suffix("_mean").join(grouped.std().add_suffix("_std"))
+    return out.reset_index()
+
+
+def per_language_final(runs: dict[tuple[int, str], RunResult]) -> pd.DataFrame:
+    """Long table: seed, method, language and the final-step scores of that language."""
+    frames = []
+    for (seed, method), run in runs.items():
+        final = final_scores(run.evals).copy()
+        final["seed"], final["method"] = seed, method
+        frames.append(final)
+    return pd.concat(frames, ignore_index=True)
+
+
+def best_baseline(summary: pd.DataFrame, candidate: str = "langedit",
+                  metrics: Sequence[str] = EDIT_METRICS) -> str:
+    """The edited baseline with the highest mean over `metrics` (pre-edit and `candidate` excluded)."""
+    others = summary[~summary["method"].isin(["pre-edit", candidate])]
+    if others.empty:
+        raise ValueError("no baseline to compare with")
+    score = others.groupby("method")[list(metrics)].mean().mean(axis=1)
+    return str(score.idxmax())
+
+
+def paired_tests(per_language: pd.DataFrame, candidate: str, baseline: str,
+                 metrics: Sequence[str] = EDIT_METRICS) -> pd.DataFrame:
+    """Paired t-tests of candidate vs baseline over (seed, language) pairs, per metric."""
+    a = per_language[per_language["method"] == candidate].set_index(["seed", "language"]).sort_index()
+    b = per_language[per_language["method"] == baseline].set_index(["seed", "language"]).sort_index()
+    common = a.index.intersection(b.index)
+    rows = []
+    for metric in metrics:
+        t, p = paired_t_test(a.loc[common, metric].tolist(), b.loc[common, metric].tolist())
+        rows.append({"metric": metric, "candidate": candidate, "baseline": baseline, "pairs": len(common),
+                     "mean_difference": float((a.loc[common, metric] - b.loc[common, metric]).mean()),
+                     "t": t, "p": p})
+    return pd.DataFrame(rows)
+
+
+def radar(ax, categories: Sequence[str], series: dict[str, Sequence[float]], limit: float = 100.0) -> None:
+    """A radar (spider) chart on a polar axis: one closed polygon per method, in the suite's colours."""
+    import numpy as np
+
+    angles = np.linspace(0, 2 * np.pi, len(categories), endpoint=False).tolist()
+    for method, values in series.items():
+        closed = list(values) + [values[0]]
+        ax.plot(angles + angles[:1], closed, color=METHOD_COLOURS.get(method), label=METHOD_LABELS.get(method, method))
+        ax.fill(angles + angles[:1], closed, color=METHOD_COLOURS.get(method), alpha=0.12)
+    ax.set_xticks(angles)
+    ax.set_xticklabels(categories, fontsize=8)
+    ax.set_ylim(0, limit)
+    ax.tick_params(axis="y", labelsize=6)
