@@ -2,6 +2,7 @@
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 from langedit.editing import Editor, load_hparams
 from langedit.editing.sequential import SequentialRun, StaleRunError, language_order
@@ -73,3 +74,62 @@ def test_bad_arguments_and_shuffled_order():
         SequentialRun(None, "memit", REQUESTS, ["en"], 1, "/tmp/x", mode="sideways")
     with pytest.raises(ValueError, match=r"no edit requests for language\(s\) \['fr'\]"):
         SequentialRun(None, "memit", REQUESTS, ["en", "fr"], 1, "/tmp/x")
+
+
+def _weights(lm):
+    return {l: lm.model.model.layers[l].mlp.down_proj.weight.detach().clone() for l in (1, 2)}
+
+
+def test_monolingual_run_edits_each_language_on_a_fresh_model_and_queries_every_language(setup, tmp_path):
+    lm, factory, _ = setup
+    before = _weights(lm)
+    run = SequentialRun(lm, "memit", REQUESTS, ["en", "de"], batch_size=2, out_dir=tmp_path, mode="monolingual",
+                        progress=False, editor_factory=factory)
+    table = run.run()
+    edited = table[table["after"] != "pre-edit"]
+    assert sorted(zip(edited["after"], edited["language"])) == [("de", "de"), ("de", "en"), ("en", "de"), ("en", "en")]
+    # each language started from the original weights: its first batch saw no earlier edit
+    assert set(run.batches()["checkpoint"]) == {"checkpoint-en", "checkpoint-de"}
+    assert all(v == {} for v in run.batches()["leakage"])
+    after = _weights(lm)
+    assert all(torch.equal(before[l], after[l]) for l in before)
+
+
+def test_summed_run_adds_the_separately_computed_updates(setup, tmp_path):
+    lm, factory, _ = setup
+    separate = {}
+    for language in ("en", "de"):
+        editor = factory()
+        editor.apply(REQUESTS[language])
+        separate[language] = {l: editor.weight(l).detach() - editor.original[l] for l in editor.layers}
+        editor.restore()
+    seen = {}
+    original_evaluate = SequentialRun._evaluate
+
+    def spy(self, after, languages, reference, done):
+        if after == "all (summed)":
+            seen.update({l: lm.model.model.layers[l].mlp.down_proj.weight.detach().clone() for l in (1, 2)})
+        return original_evaluate(self, after, languages, reference, done)
+
+    SequentialRun._evaluate = spy
+    try:
+        before = _weights(lm)
+        SequentialRun(lm, "memit", REQUESTS, ["en", "de"], batch_size=2, out_dir=tmp_path, mode="summed",
+                      progress=False, editor_factory=factory).run()
+    finally:
+        SequentialRun._evaluate = original_evaluate
+    for layer in (1, 2):
+        expected = before[layer] + separate["en"][layer] + separate["de"][layer]
+        assert torch.allclose(seen[layer], expected, rtol=1e-5, atol=1e-4)   # float32 sums of ~1e3 entries
+    assert all(torch.equal(before[l], w) for l, w in _weights(lm).items())
+
+
+def test_translation_run_edits_the_english_twins_only(setup, tmp_path):
+    lm, factory, _ = setup
+    twin = REQUESTS["en"][0]
+    german = {"de": [Req("Wo liegt {}?", "Rom", "Italien", "de", english_twin=twin)]}
+    run = SequentialRun(lm, "memit", german, ["de"], batch_size=1, out_dir=tmp_path, mode="translation",
+                        progress=False, editor_factory=factory)
+    assert [[r.language for r in batch] for _, batch in run.edit_plan()] == [["en"]]
+    table = run.run()
+    assert "all" in set(table["after"])
