@@ -58,6 +58,20 @@ def test_multilingual_run_evaluates_every_edited_language_and_resumes(setup, tmp
         assert (lm.model.model.layers[layer].mlp.down_proj.weight == weight).all()
 
 
+def test_a_run_without_its_checkpoint_is_edited_again_without_duplicate_records(setup, tmp_path):
+    import shutil
+    lm, factory, _ = setup
+    make = lambda: SequentialRun(lm, "memit", REQUESTS, ["en", "de"], batch_size=1, out_dir=tmp_path, progress=False,
+                                 editor_factory=factory)
+    first = make().run()
+    shutil.rmtree(tmp_path / "checkpoint")          # what a fresh clone of committed results looks like
+    run = make()
+    again = run.run()
+    assert len(run.batches()) == 4 and list(run.batches()["batch"]) == [0, 1, 2, 3]
+    assert (tmp_path / "checkpoint" / "state.json").exists()
+    assert again.equals(first)
+
+
 def test_a_folder_of_another_configuration_is_refused(setup, tmp_path):
     lm, factory, _ = setup
     SequentialRun(lm, "memit", REQUESTS, ["en"], batch_size=2, out_dir=tmp_path, progress=False,

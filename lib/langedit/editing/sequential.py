@@ -173,8 +173,15 @@ class SequentialRun:
         return self.table()
 
     def _resume(self, editor: Editor, checkpoint: Path) -> int:
-        """Load the last saved editor state; drop batch records written after it. Returns batches done."""
+        """Load the last saved editor state; drop batch records written after it. Returns batches done.
+
+        Without a saved state (a fresh clone has the committed logs but not the checkpoints) the
+        batches are edited again from the start and their old records dropped; the recorded
+        evaluations stay (editing is deterministic, the same weights come back)."""
         if not (checkpoint / "state.json").exists():
+            others = [r for r in _read_jsonl(self.batches_path) if r.get("checkpoint") != checkpoint.name]
+            if self.batches_path.exists():
+                self.batches_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in others))
             return 0
         editor.load(checkpoint)
         finished = editor.n_batches
