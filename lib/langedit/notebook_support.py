@@ -31,8 +31,8 @@ PROFILES: dict[str, dict] = {
                   xtreme=dict(tasks=("xnli",), n_per_task=2),
                   mlake=dict(languages=("en", "de"), n_per_language=2),
                   tracing=dict(facts_per_language=1, n_samples=2, kinds=("mlp",))),
-    # About 45 min for notebooks 02-09 on 2 CPU cores (measured, README): 4 edits per language,
-    # XTREME restricted to the two log-likelihood tasks.
+    # 4 edits per language, XTREME restricted to the two log-likelihood tasks. Notebooks 02-07 took
+    # 71 min on 2 CPU cores (measured, README), 02 alone 53 min: over the hour the suite should fit.
     "default": dict(languages=LANGUAGES, n_per_language=4, batch_size=4, seeds=(0,),
                     methods=("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"),
                     focus_methods=("alphaedit", "langedit"), radar_methods=("rect", "alphaedit", "langedit"),
