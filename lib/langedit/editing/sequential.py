@@ -178,17 +178,15 @@ class SequentialRun:
         Without a saved state (a fresh clone has the committed logs but not the checkpoints) the
         batches are edited again from the start and their old records dropped; the recorded
         evaluations stay (editing is deterministic, the same weights come back)."""
-        if not (checkpoint / "state.json").exists():
-            others = [r for r in _read_jsonl(self.batches_path) if r.get("checkpoint") != checkpoint.name]
-            if self.batches_path.exists():
-                self.batches_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in others))
-            return 0
-        editor.load(checkpoint)
-        finished = editor.n_batches
-        records = [r for r in _read_jsonl(self.batches_path) if r.get("checkpoint") == checkpoint.name]
-        others = [r for r in _read_jsonl(self.batches_path) if r.get("checkpoint") != checkpoint.name]
-        kept = others + records[:finished]
-        self.batches_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+        finished = 0
+        if (checkpoint / "state.json").exists():
+            editor.load(checkpoint)
+            finished = editor.n_batches
+        if self.batches_path.exists():
+            records = _read_jsonl(self.batches_path)
+            own = [r for r in records if r.get("checkpoint") == checkpoint.name]
+            kept = [r for r in records if r.get("checkpoint") != checkpoint.name] + own[:finished]
+            self.batches_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
         return finished
 
     def _edit_batches(self, editor: Editor, plan, checkpoint: Path, reference, done_evals,

@@ -125,19 +125,18 @@ def compute_values(model, tokenizer, arch, requests: Sequence[Request], template
     for step in bar:
         last_step = step == settings.steps - 1
         optimizer.zero_grad()
+        evaluated = active.nonzero().squeeze(1)
         losses = torch.zeros(len(requests))
         # Chunks of requests bound the memory (activations, vocabulary-wide log-probs); every
         # request's rows are in one chunk, and gradients add up, so the step is unchanged.
-        for chunk in active.nonzero().squeeze(1).split(settings.chunk_requests):
+        for chunk in evaluated.split(settings.chunk_requests):
             loss_each = _chunk_loss(model, arch, problem, chunk, cached, delta, kl_init, h, settings, layer_name,
                                     arity, device)
-            done = loss_each.detach().cpu()[chunk] < settings.early_stop_loss
-            losses[chunk] = loss_each.detach().cpu()[chunk]
-            active[chunk[done]] = False
+            losses[chunk] = loss_each.detach()[to_dev(chunk)].cpu()
+            active[chunk[losses[chunk] < settings.early_stop_loss]] = False
             if not last_step and active[chunk].any():  # as the reference: no update after the last loss
                 (loss_each * to_dev(active)).sum().backward()
-        was_on = losses > 0
-        bar.set_postfix(loss=f"{losses[was_on].mean().item() if was_on.any() else 0:.3f}", active=int(active.sum()))
+        bar.set_postfix(loss=f"{losses[evaluated].mean().item():.3f}", active=int(active.sum()))
         if not active.any() or last_step:
             break
         grad_mask = to_dev(active)[:, None]
