@@ -1,5 +1,6 @@
 """The editing engine on tiny random models: batched = per-request, keys, the post-norm mapping,
 the Editor's restore / save / load / leakage, and clear errors for bad input."""
+import copy
 from dataclasses import dataclass
 
 import pytest
@@ -7,7 +8,10 @@ import torch
 
 from langedit.editing import Editor, SubjectNotFoundError, load_hparams
 from langedit.editing.activations import compute_keys
-from langedit.editing.residual import residual_to_value_shift
+from langedit.editing.forward import target_log_probs
+from langedit.editing import residual as residual_module
+from langedit.editing.residual import (_damped_step, _damped_step_rms, norm_jacobians, residual_to_value_shift,
+                                       rms_jacobian_factors, rms_norm_form)
 from langedit.editing.tokens import encode, fill
 from langedit.editing.value_reference import compute_value_one
 from langedit.editing.values import ValueSettings, compute_values
@@ -61,6 +65,41 @@ def test_chunked_value_optimisation_equals_one_chunk(tok):
         assert torch.allclose(chunked, values, atol=1e-4, rtol=1e-4)   # padding width differs: float rounding only
 
 
+def test_values_without_bos_where_the_subject_opens_the_prompt(tok):
+    """No BOS (GPT-J, Qwen): a one-token subject at the start leaves a row with an empty prefix."""
+    plain = copy.deepcopy(tok)
+    plain.add_bos_token = False
+    first = encode(plain, ["Paris is"], [(0, 5)])
+    assert int(first.lookup[0]) == 0 and int(first.input_ids[0, 0]) != tok.bos_token_id
+    lm = build_tiny_model("llama", tokenizer=plain)
+    requests = [Req("{} is the capital of", "Paris", "France"), REQUESTS[0]]
+    settings = ValueSettings(layer=1, steps=4, lr=0.5)
+    values, states = compute_values(lm.model, plain, lm.arch, requests, [TEMPLATES] * 2, settings, progress=False)
+    for row, request in enumerate(requests):
+        value, state = compute_value_one(lm.model, plain, lm.arch, request, TEMPLATES, settings)
+        assert torch.isfinite(values[row]).all()
+        assert torch.allclose(states[row], state, atol=1e-5)
+        assert torch.allclose(values[row], value, atol=1e-4, rtol=1e-4)
+
+
+def test_target_log_probs_value_and_gradient_equal_log_softmax_gather():
+    g = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=True)
+    model = torch.nn.Module()
+    model.lm_head, model.config = head, type("Config", (), {})()
+    arch = type("Arch", (), {"unembed": "lm_head"})()
+    hidden = torch.randn(7, 16, generator=g, requires_grad=True)
+    tokens = torch.randint(0, 50, (7,), generator=g)
+    weights = torch.rand(7, generator=g)
+    fused = target_log_probs(model, arch, hidden, tokens)
+    (grad_fused,) = torch.autograd.grad((fused * weights).sum(), hidden)
+    plain = torch.log_softmax(head(hidden), -1)[torch.arange(7), tokens]
+    (grad_plain,) = torch.autograd.grad((plain * weights).sum(), hidden)
+    assert torch.allclose(fused, plain, atol=1e-6)
+    assert torch.allclose(grad_fused, grad_plain, atol=1e-6)
+    assert grad_plain.abs().max() > 1e-2
+
+
 def test_keys_are_the_template_average_of_w_out_inputs(tok):
     lm = build_tiny_model("llama", tokenizer=tok)
     layer = 1
@@ -101,6 +140,32 @@ def test_post_norm_mapping_realises_a_reachable_residual_change():
     assert torch.equal(residual_to_value_shift(llama.model, llama.arch, layer, y, wanted), wanted)
 
 
+def test_rms_norm_damped_step_by_woodbury_equals_the_dense_solve(monkeypatch):
+    lm = build_tiny_model("gemma3_text")
+    norm = get_module(lm.model, lm.arch.post_norm_name(1))
+    with torch.no_grad():
+        norm.weight.normal_(0, 2.0, generator=torch.Generator().manual_seed(1))   # a gain far from 1
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(5, 64, generator=g, dtype=torch.float64)
+    err = torch.randn(5, 64, generator=g, dtype=torch.float64)
+    lam = torch.tensor([1e-3, 1e-2, 1.0, 10.0, 1e-6], dtype=torch.float64)
+    form = rms_norm_form(norm, y[0])
+    assert form is not None
+    diag, a = rms_jacobian_factors(*form, y)
+    implied = torch.diag_embed(diag) - a[:, :, None] * y[:, None, :]
+    autograd = norm_jacobians(norm, y)                  # the module computes in float32
+    assert torch.allclose(implied, autograd, rtol=1e-4, atol=1e-5 * float(autograd.abs().max()))
+    dense = _damped_step(implied, err, lam)              # the Woodbury algebra, against a dense solve
+    assert torch.allclose(_damped_step_rms(diag, a, y, err, lam), dense, rtol=1e-8, atol=1e-10)
+    assert rms_norm_form(torch.nn.LayerNorm(64), y[0]) is None    # not an RMSNorm: dense path
+    y32 = y.float()
+    wanted = (norm(y32 + 1.5 * torch.randn(5, 64, generator=g)) - norm(y32)).detach()   # reachable: one answer
+    fast = residual_to_value_shift(lm.model, lm.arch, 1, y32, wanted)
+    monkeypatch.setattr(residual_module, "rms_norm_form", lambda norm, probe: None)
+    slow = residual_to_value_shift(lm.model, lm.arch, 1, y32, wanted)
+    assert torch.allclose(fast, slow, rtol=1e-4, atol=1e-4 * float(slow.abs().max()))
+
+
 def tiny_editor(tok, method, cache, **overrides):
     lm = build_tiny_model("gemma3_text", tokenizer=tok)
     hp = load_hparams(method, "gemma3", layers=[1, 2], rome_layer=2, ft_layer=2, v_steps=4, v_lr=0.5,
@@ -115,6 +180,9 @@ def test_every_method_edits_and_restores_bit_for_bit(tok, method, tmp_path):
     report = editor.apply(REQUESTS[:2])
     assert report.n_edits == 2 and report.seconds > 0 and report.peak_memory_bytes > 0
     assert any(norm > 0 for norm in report.update_norm.values())
+    for layer, keys in editor.method.keys_of_batch().items():   # kept from the edit = read afresh after it
+        fresh = compute_keys(lm.model, tok, lm.arch, REQUESTS[:2], layer, editor.templates_for(REQUESTS[:2]))
+        assert torch.allclose(keys, fresh, rtol=1e-6, atol=1e-7), layer
     editor.restore()
     for name, param in lm.model.named_parameters():
         assert torch.equal(param, before[name]), name

@@ -149,9 +149,12 @@ class Editor:
     def record_edited_keys(self, requests: Sequence[Request]) -> None:
         """Add k k^T of this batch's keys, read from the edited model, to the running sum."""
         templates = self.templates_for(requests)
+        known = self.method.keys_of_batch()
         keys_by_layer = {}
         for layer in self.layers:
-            keys = compute_keys(self.model, self.tokenizer, self.arch, requests, layer, templates).double()
+            keys = known[layer] if layer in known else compute_keys(self.model, self.tokenizer, self.arch, requests,
+                                                                    layer, templates)
+            keys = keys.double()
             kk = keys.T @ keys
             self.edited_kk[layer] = kk if layer not in self.edited_kk else self.edited_kk[layer] + kk
             keys_by_layer[layer] = keys

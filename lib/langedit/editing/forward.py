@@ -4,6 +4,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+from torch import nn
 
 from ..hooks import Trace
 from ..models.architecture import get_module
@@ -16,6 +17,36 @@ def unembed(model, arch, hidden: torch.Tensor) -> torch.Tensor:
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits
+
+
+class _TargetLogProb(torch.autograd.Function):
+    """log softmax(h W^T + b)[token] per row. Autograd of log_softmax + gather would keep a second
+    [M, V] tensor and scatter a zero-filled [M, V] gradient; here backward is one product:
+    d/dh = (onehot - softmax) W."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, tokens):
+        logp = torch.log_softmax(nn.functional.linear(hidden, weight, bias).float(), -1)
+        ctx.save_for_backward(logp, weight, tokens)
+        ctx.hidden_dtype = hidden.dtype
+        return logp.gather(1, tokens[:, None]).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        logp, weight, tokens = ctx.saved_tensors
+        minus_grad_logits = logp.exp()
+        minus_grad_logits[torch.arange(len(tokens), device=tokens.device), tokens] -= 1.0
+        minus_grad_logits.mul_(grad[:, None])
+        grad_hidden = -(minus_grad_logits.to(weight.dtype) @ weight)
+        return grad_hidden.to(ctx.hidden_dtype), None, None, None
+
+
+def target_log_probs(model, arch, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) for final-normed hidden states [M, d] and token ids [M] -> [M] float32."""
+    head = get_module(model, arch.unembed)
+    if getattr(model.config, "final_logit_softcapping", None) or not isinstance(head, nn.Linear):
+        return torch.log_softmax(unembed(model, arch, hidden), -1).gather(1, tokens[:, None]).squeeze(1)
+    return _TargetLogProb.apply(hidden, head.weight, head.bias, tokens)
 
 
 @contextmanager
@@ -58,8 +89,9 @@ def replay_layers(model, arch, upto: int, arity: dict[int, int]):
             del blocks[index].forward  # drop the instance attribute: the class method is back
 
 
-def final_hidden(model, arch, input_ids, attention_mask) -> torch.Tensor:
-    """Final-normed hidden states [N, T, d] without computing the full-vocabulary logits."""
+def final_hidden(model, arch, input_ids, attention_mask, **forward_kwargs) -> torch.Tensor:
+    """Final-normed hidden states [N, T, d] without computing the full-vocabulary logits
+    (`forward_kwargs`, e.g. position_ids and past_key_values, go to the model's forward)."""
     with Trace(model, arch.final_norm, retain_output=True, detach=False, stop=True) as trace:
-        model(input_ids=input_ids, attention_mask=attention_mask)  # stops at the final norm
+        model(input_ids=input_ids, attention_mask=attention_mask, **forward_kwargs)  # stops at the final norm
     return trace.output

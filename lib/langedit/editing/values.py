@@ -10,11 +10,16 @@ Per request b, with delta_b added at the subject's last token of every prompt at
 
 Each row only sees its own delta, the total loss is the sum over rows and Adam is elementwise,
 so optimising [B, d] at once gives each row exactly the trajectory it would get alone. Rows stop
-individually (loss below `early_stop_loss`); the norm clamp is per row. Layers <= L run once
-without gradient, and the unembedding runs only at the target and KL positions.
+individually (loss below `early_stop_loss`); the norm clamp is per row.
+
+What makes it cheap: nothing before a row's subject-last token depends on delta (attention is
+causal), so each row is split there. The prefix runs once, without gradient, through all layers
+and is kept as past keys/values; layers <= L of the suffix run once too. A step runs only the
+suffix through layers > L, and the unembedding only at the target and KL positions.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -22,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..hooks import Trace
-from .forward import final_hidden, record_block_arity, replay_layers, unembed
+from .forward import final_hidden, record_block_arity, replay_layers, target_log_probs, unembed
 from .tokens import Request, encode, fill, target_ids
 
 KL_PROMPT = "{} is a"
@@ -52,6 +57,7 @@ class ValueProblem:
     target_pos: torch.Tensor     # [M] position whose logits predict it
     target_tok: torch.Tensor     # [M] the token id
     target_weight: torch.Tensor  # [M] 1 / (n target tokens) / (n prompts of its request)
+    pad_id: int
 
 
 def build_problem(tokenizer, requests: Sequence[Request], templates: Sequence[list[list[str]]]) -> ValueProblem:
@@ -80,20 +86,82 @@ def build_problem(tokenizer, requests: Sequence[Request], templates: Sequence[li
             t_w.append(1.0 / len(suffix) / n_prompts[owners[row]])
     as_long = lambda values: torch.tensor(values, dtype=torch.long)
     return ValueProblem(input_ids, mask, prefix.lookup, as_long(owners), torch.tensor(is_kl), as_long(t_rows),
-                        as_long(t_pos), as_long(t_tok), torch.tensor(t_w, dtype=torch.float32))
+                        as_long(t_pos), as_long(t_tok), torch.tensor(t_w, dtype=torch.float32), pad)
 
 
-def _subset(problem: ValueProblem, keep_requests: torch.Tensor) -> tuple[ValueProblem, torch.Tensor]:
-    """The rows of the requests in `keep_requests` (and which original rows they are)."""
-    row_keep = torch.isin(problem.owner, keep_requests)
-    old_rows = row_keep.nonzero().squeeze(1)
-    new_index = torch.full((len(row_keep),), -1, dtype=torch.long)
-    new_index[old_rows] = torch.arange(len(old_rows))
-    t_keep = row_keep[problem.target_rows]
-    sub = ValueProblem(problem.input_ids[old_rows], problem.attention_mask[old_rows], problem.lookup[old_rows],
-                       problem.owner[old_rows], problem.is_kl[old_rows], new_index[problem.target_rows[t_keep]],
-                       problem.target_pos[t_keep], problem.target_tok[t_keep], problem.target_weight[t_keep])
-    return sub, old_rows
+@dataclass
+class _Chunk:
+    """Rows of some requests split at the subject's last token: the prefix before it never sees
+    delta, so its keys/values are computed once; each step runs only the suffix from layer L on."""
+    requests: torch.Tensor       # [b] request indices
+    owner: torch.Tensor          # [n] request index per row
+    suffix_ids: torch.Tensor     # [n, S] the row from its subject's last token on (right padded)
+    position_ids: torch.Tensor   # [n, S] positions of those tokens in the full row
+    attention_mask: torch.Tensor # [n, P + S] prefix columns, then suffix columns
+    prefix_cache: object         # past key/values of the prefixes (all layers, no grad)
+    at_layer: torch.Tensor       # [n, S, d] block-L output on the suffix without delta
+    target_rows: torch.Tensor    # [m] local row, suffix position, token and weight of each target token
+    target_pos: torch.Tensor
+    target_tok: torch.Tensor
+    target_weight: torch.Tensor
+    kl_rows: torch.Tensor        # [b'] local rows of the KL prompts (delta at suffix position 0)
+    kl_init: torch.Tensor        # [b', V] their log-probabilities before editing
+
+
+def _new_cache(model):
+    from transformers import DynamicCache
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # transformers < 4.56 has no config argument
+        return DynamicCache()
+
+
+def _prepare_chunk(model, arch, problem: ValueProblem, requests_in: torch.Tensor, layer_name: str,
+                   device) -> _Chunk:
+    to_dev = lambda t: t.to(device)
+    rows = torch.isin(problem.owner, requests_in).nonzero().squeeze(1)
+    lengths = problem.attention_mask[rows].sum(1)
+    split = problem.lookup[rows]
+    n, width_p, width_s = len(rows), max(int(split.max()), 1), int((lengths - split).max())
+    pad = problem.pad_id
+    prefix_ids = torch.full((n, width_p), pad, dtype=torch.long)
+    prefix_mask = torch.zeros((n, width_p), dtype=torch.long)
+    suffix_ids = torch.full((n, width_s), pad, dtype=torch.long)
+    suffix_mask = torch.zeros((n, width_s), dtype=torch.long)
+    for local, (row, cut, length) in enumerate(zip(rows.tolist(), split.tolist(), lengths.tolist())):
+        prefix_ids[local, :cut] = problem.input_ids[row, :cut]
+        prefix_mask[local, :cut] = 1
+        suffix_ids[local, :length - cut] = problem.input_ids[row, cut:length]
+        suffix_mask[local, :length - cut] = 1
+    position_ids = split[:, None] + torch.arange(width_s)[None, :]
+    attention_mask = torch.cat([prefix_mask, suffix_mask], 1)
+    # A row whose subject ends at its first token (no BOS) has an empty prefix; its first prefix
+    # column is attended in the prefix pass only, so no attention row is empty (NaN), and it stays
+    # masked for the suffix.
+    prefix_pass_mask = prefix_mask.clone()
+    prefix_pass_mask[split == 0, 0] = 1
+
+    local_of = torch.full((len(problem.owner),), -1, dtype=torch.long)
+    local_of[rows] = torch.arange(n)
+    t_keep = local_of[problem.target_rows] >= 0
+    t_rows = local_of[problem.target_rows[t_keep]]
+    kl_rows = problem.is_kl[rows].nonzero().squeeze(1)
+
+    cache = _new_cache(model)
+    with torch.no_grad():
+        final_hidden(model, arch, to_dev(prefix_ids), to_dev(prefix_pass_mask), past_key_values=cache, use_cache=True)
+        with Trace(model, layer_name) as block_l:
+            hidden = final_hidden(model, arch, to_dev(suffix_ids), to_dev(attention_mask),
+                                  position_ids=to_dev(position_ids), past_key_values=copy.deepcopy(cache), use_cache=True)
+        kl_init = torch.log_softmax(unembed(model, arch, hidden[to_dev(kl_rows), 0]), -1)
+    return _Chunk(requests_in, problem.owner[rows], suffix_ids, position_ids, attention_mask, cache, block_l.output,
+                  t_rows, problem.target_pos[t_keep] - split[t_rows], problem.target_tok[t_keep],
+                  problem.target_weight[t_keep], kl_rows, kl_init)
+
+
+def _suffix_width(problem: ValueProblem, request: int) -> int:
+    rows = problem.owner == request
+    return int((problem.attention_mask[rows].sum(1) - problem.lookup[rows]).max())
 
 
 def compute_values(model, tokenizer, arch, requests: Sequence[Request], templates: Sequence[list[list[str]]],
@@ -103,19 +171,17 @@ def compute_values(model, tokenizer, arch, requests: Sequence[Request], template
         raise ValueError("compute_values needs at least one request")
     device = next(model.parameters()).device
     problem = build_problem(tokenizer, requests, templates)
-    to_dev = lambda t: t.to(device)
     layer_name = arch.layer_name(settings.layer)
 
-    # One pass without gradient: block outputs up to L, and the initial KL distribution.
-    with torch.no_grad(), record_block_arity(model, arch, settings.layer) as arity, \
-            Trace(model, layer_name) as at_layer:
-        hidden = final_hidden(model, arch, to_dev(problem.input_ids), to_dev(problem.attention_mask))
-    cached = at_layer.output  # [N, T, d] block-L output (residual stream)
-    kl_rows = problem.is_kl.nonzero().squeeze(1)
-    kl_init = torch.log_softmax(unembed(model, arch, hidden[to_dev(kl_rows), to_dev(problem.lookup[kl_rows])]), -1)
-    del hidden
-    bare_rows = torch.tensor([(problem.owner == b).nonzero()[0].item() for b in range(len(requests))])
-    h = cached[to_dev(bare_rows), to_dev(problem.lookup[bare_rows])].float()  # [B, d]
+    # Requests of similar suffix length share a chunk (less padding); chunks bound the memory.
+    order = torch.tensor(sorted(range(len(requests)), key=lambda b: _suffix_width(problem, b)))
+    with record_block_arity(model, arch, settings.layer) as arity:
+        chunks = [_prepare_chunk(model, arch, problem, part, layer_name, device)
+                  for part in order.split(settings.chunk_requests)]
+    h = torch.zeros(len(requests), chunks[0].at_layer.shape[-1], device=device)
+    for chunk in chunks:  # the bare prompt (first row of each request) at its subject's last token
+        first = torch.tensor([(chunk.owner == b).nonzero()[0].item() for b in chunk.requests.tolist()])
+        h[chunk.requests.to(device)] = chunk.at_layer[first.to(device), 0].float()
 
     delta = torch.zeros_like(h, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=settings.lr)
@@ -125,21 +191,22 @@ def compute_values(model, tokenizer, arch, requests: Sequence[Request], template
     for step in bar:
         last_step = step == settings.steps - 1
         optimizer.zero_grad()
-        evaluated = active.nonzero().squeeze(1)
+        evaluated = active.clone()
         losses = torch.zeros(len(requests))
-        # Chunks of requests bound the memory (activations, vocabulary-wide log-probs); every
-        # request's rows are in one chunk, and gradients add up, so the step is unchanged.
-        for chunk in evaluated.split(settings.chunk_requests):
-            loss_each = _chunk_loss(model, arch, problem, chunk, cached, delta, kl_init, h, settings, layer_name,
-                                    arity, device)
-            losses[chunk] = loss_each.detach()[to_dev(chunk)].cpu()
-            active[chunk[losses[chunk] < settings.early_stop_loss]] = False
-            if not last_step and active[chunk].any():  # as the reference: no update after the last loss
-                (loss_each * to_dev(active)).sum().backward()
+        for chunk in chunks:  # gradients of chunks add up: the step does not depend on chunking
+            on = evaluated[chunk.requests]
+            if not on.any():
+                continue
+            loss_each = _chunk_loss(model, arch, chunk, delta, h, settings, layer_name, arity, device)
+            counted = chunk.requests[on]
+            losses[counted] = loss_each.detach()[counted.to(device)].cpu()
+            active[counted[losses[counted] < settings.early_stop_loss]] = False
+            if not last_step and active[chunk.requests].any():  # as the reference: no update after the last loss
+                (loss_each * active.to(device)).sum().backward()
         bar.set_postfix(loss=f"{losses[evaluated].mean().item():.3f}", active=int(active.sum()))
         if not active.any() or last_step:
             break
-        grad_mask = to_dev(active)[:, None]
+        grad_mask = active.to(device)[:, None]
         delta.grad *= grad_mask  # finished rows keep their delta (Adam would move them on stale moments)
         saved = delta.detach().clone()
         optimizer.step()
@@ -151,33 +218,29 @@ def compute_values(model, tokenizer, arch, requests: Sequence[Request], template
     return (h + delta.detach()).float(), h
 
 
-def _chunk_loss(model, arch, problem: ValueProblem, requests_on: torch.Tensor, cached: torch.Tensor,
-                delta: torch.Tensor, kl_init: torch.Tensor, h: torch.Tensor, settings: ValueSettings,
+def _chunk_loss(model, arch, chunk: _Chunk, delta: torch.Tensor, h: torch.Tensor, settings: ValueSettings,
                 layer_name: str, arity, device) -> torch.Tensor:
-    """loss_b for the requests in `requests_on` (zero elsewhere), [B], differentiable in delta."""
+    """loss_b for the requests of `chunk` (zero elsewhere), [B], differentiable in delta."""
     to_dev = lambda t: t.to(device)
     n_requests = len(h)
-    sub, old_rows = _subset(problem, requests_on)
-    owner = to_dev(sub.owner)
-    start = cached[to_dev(old_rows)]
-    position = to_dev(sub.lookup)
+    owner = to_dev(chunk.owner)
 
     def inject(output: torch.Tensor) -> torch.Tensor:
-        shift = torch.zeros_like(start)
-        shift[torch.arange(len(owner), device=device), position] = delta[owner].to(start.dtype)
-        return start + shift
+        shift = torch.zeros_like(chunk.at_layer)
+        shift[:, 0] = delta[owner].to(shift.dtype)  # every suffix starts at the subject's last token
+        return chunk.at_layer + shift
 
     with replay_layers(model, arch, settings.layer, arity), Trace(model, layer_name, edit_output=inject, retain_output=False):
-        hidden = final_hidden(model, arch, to_dev(sub.input_ids), to_dev(sub.attention_mask))
-    logp = torch.log_softmax(unembed(model, arch, hidden[to_dev(sub.target_rows), to_dev(sub.target_pos)]), -1)
-    token_nll = -logp.gather(1, to_dev(sub.target_tok)[:, None]).squeeze(1) * to_dev(sub.target_weight)
-    nll = torch.zeros(n_requests, device=device).index_add(0, owner[to_dev(sub.target_rows)], token_nll)
-    kl_sub = sub.is_kl.nonzero().squeeze(1)
-    kl_new = torch.log_softmax(unembed(model, arch, hidden[to_dev(kl_sub), to_dev(sub.lookup[kl_sub])]), -1)
-    kl_init_on = kl_init[to_dev(sub.owner[kl_sub])]
-    kl_each = (kl_new.exp() * (kl_new - kl_init_on)).sum(-1)
-    kl = torch.zeros(n_requests, device=device).index_add(0, to_dev(sub.owner[kl_sub]), kl_each)
+        hidden = final_hidden(model, arch, to_dev(chunk.suffix_ids), to_dev(chunk.attention_mask),
+                              position_ids=to_dev(chunk.position_ids), past_key_values=copy.deepcopy(chunk.prefix_cache),
+                              use_cache=True)
+    at_targets = hidden[to_dev(chunk.target_rows), to_dev(chunk.target_pos)]
+    token_nll = -target_log_probs(model, arch, at_targets, to_dev(chunk.target_tok)) * to_dev(chunk.target_weight)
+    nll = torch.zeros(n_requests, device=device).index_add(0, owner[to_dev(chunk.target_rows)], token_nll)
+    kl_new = torch.log_softmax(unembed(model, arch, hidden[to_dev(chunk.kl_rows), 0]), -1)
+    kl_each = (kl_new.exp() * (kl_new - chunk.kl_init)).sum(-1)
+    kl = torch.zeros(n_requests, device=device).index_add(0, owner[to_dev(chunk.kl_rows)], kl_each)
     on = torch.zeros(n_requests, dtype=torch.bool, device=device)
-    on[to_dev(requests_on)] = True
+    on[to_dev(chunk.requests)] = True
     decay = settings.weight_decay * delta.norm(dim=1) / h.norm(dim=1) ** 2
     return (nll + settings.kl_factor * kl + decay) * on

@@ -27,6 +27,11 @@ class Method:
     def apply(self, requests: Sequence[Request], report) -> None:
         raise NotImplementedError
 
+    def keys_of_batch(self) -> dict[int, torch.Tensor]:
+        """Keys [B, d_key] of the batch just applied, by layer, where apply read them at a point the
+        rest of the edit cannot change (the editor reads the others again from the edited model)."""
+        return {}
+
     def after_batch(self, keys_by_layer: dict[int, torch.Tensor]) -> None:
         """Called with the batch's keys, read from the edited model (already added to editor.edited_kk)."""
 

@@ -24,6 +24,15 @@ from .solvers import alphaedit_update, langedit_paper_update, memit_update, prun
 
 
 class MultiLayerMethod(Method):
+    def __init__(self, editor) -> None:
+        super().__init__(editor)
+        self._batch_keys: dict[int, torch.Tensor] = {}
+
+    def keys_of_batch(self) -> dict[int, torch.Tensor]:
+        # Keys at layer l are read after layers < l are edited; what follows changes W_out of
+        # layers >= l, i.e. outputs at l and later, never the input of W_out at l.
+        return dict(self._batch_keys)
+
     def value_settings(self) -> ValueSettings:
         return self.hp.value_settings()
 
@@ -35,8 +44,10 @@ class MultiLayerMethod(Method):
         report.value_seconds += time.perf_counter() - start
         bare = bare_batch(ed.tokenizer, requests)
         last = ed.arch.layer_name(self.hp.value_layer)
+        self._batch_keys = {}
         for index, layer in enumerate(self.layers):
             keys = compute_keys(ed.model, ed.tokenizer, ed.arch, requests, layer, templates)
+            self._batch_keys[layer] = keys
             out_name = ed.arch.mlp_out_name(layer)
             now = read_at_lookup(ed.model, bare, [last, out_name])
             share = (targets - now[last]) / (len(self.layers) - index)
