@@ -13,6 +13,7 @@ from langedit.editing import residual as residual_module
 from langedit.editing.residual import (_damped_step, _damped_step_rms, norm_jacobians, residual_to_value_shift,
                                        rms_jacobian_factors, rms_norm_form)
 from langedit.editing.tokens import encode, fill
+from langedit.editing.templates import STARTERS, context_templates, starter_seed
 from langedit.editing.value_reference import compute_value_one
 from langedit.editing.values import ValueSettings, compute_values
 from langedit.hooks import Trace
@@ -98,6 +99,33 @@ def test_target_log_probs_value_and_gradient_equal_log_softmax_gather():
     assert torch.allclose(fused, plain, atol=1e-6)
     assert torch.allclose(grad_fused, grad_plain, atol=1e-6)
     assert grad_plain.abs().max() > 1e-2
+
+
+def plain_templates(model, tokenizer, language, n_tokens=10, top_k=5, seed=0):
+    """The plain loop: each starter alone, the whole text through the model at every step."""
+    prefixes = []
+    for index, starter in enumerate(STARTERS[language]):
+        generator = torch.Generator().manual_seed(starter_seed(seed, index))
+        ids = tokenizer(starter, return_tensors="pt")["input_ids"]
+        for _ in range(n_tokens):
+            top = torch.topk(model(input_ids=ids).logits[0, -1].float(), top_k)
+            pick = torch.multinomial(torch.softmax(top.values, -1), 1, generator=generator)
+            ids = torch.cat([ids, top.indices[pick].view(1, 1)], dim=1)
+        prefixes.append(tokenizer.decode(ids[0], skip_special_tokens=True).replace("{", " ").replace("}", " ") + ". {}")
+    return [["{}"], prefixes]
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "gptj"])
+def test_context_templates_equal_the_plain_sampling_loop(tok, family):
+    lm = build_tiny_model(family, tokenizer=tok)
+    with torch.no_grad():
+        for language in ("es", "zh"):             # "Por lo tanto" is several tokens, "因此" maybe one
+            templates = context_templates(lm.model, tok, language, n_tokens=4)
+            assert templates == plain_templates(lm.model, tok, language, n_tokens=4)
+            assert templates[0] == ["{}"] and len(templates[1]) == len(STARTERS[language])
+            for prefix, starter in zip(templates[1], STARTERS[language]):
+                assert prefix.startswith(starter) and prefix.endswith(". {}") and tok.bos_token not in prefix
+    assert context_templates(lm.model, tok, "de", n_tokens=4, seed=1) != context_templates(lm.model, tok, "de", n_tokens=4)
 
 
 def test_keys_are_the_template_average_of_w_out_inputs(tok):

@@ -10,6 +10,15 @@ from ..hooks import Trace
 from ..models.architecture import get_module
 
 
+def new_cache(model):
+    """An empty past-keys/values cache the model fills in place during a forward pass."""
+    from transformers import DynamicCache
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # transformers < 4.56 has no config argument
+        return DynamicCache()
+
+
 def unembed(model, arch, hidden: torch.Tensor) -> torch.Tensor:
     """Logits for final-normed hidden states [..., d] -> [..., V] in float32 (with Gemma-2 soft-capping)."""
     logits = get_module(model, arch.unembed)(hidden).float()

@@ -3,11 +3,14 @@
 As in MEMIT, the templates are ``["{}"]`` (the bare prompt) plus generated prefixes ending in
 ``". {}"``. As in the LangEdit authors' code, each language has its own starter words, so German
 facts are averaged over German contexts. Generation is top-k sampling with a fixed seed, special
-tokens stripped, braces removed (they would break ``str.format``).
+tokens stripped, braces removed (they would break ``str.format``). A language's templates are
+generated when it is first edited, from the model as it is then (as the reference code's cache).
 """
 from __future__ import annotations
 
 import torch
+
+from .forward import new_cache
 
 #: Starter words per language (the LangEdit authors' choice; "nl" is Dutch).
 STARTERS: dict[str, tuple[str, ...]] = {
@@ -24,19 +27,34 @@ def _unknown(language: str) -> ValueError:
     return ValueError(f"unknown language {language!r}; context templates exist for {sorted(STARTERS)}")
 
 
+def starter_seed(seed: int, index: int) -> int:
+    """Each starter draws from its own generator, so batching starters cannot change what it draws."""
+    return seed * 1_000_003 + index
+
+
 @torch.no_grad()
-def _sample(model, tokenizer, starters: tuple[str, ...], n_tokens: int, top_k: int, generator: torch.Generator) -> list[str]:
+def _sample(model, tokenizer, starters: tuple[str, ...], n_tokens: int, top_k: int, seed: int) -> list[str]:
+    """Top-k continuations of every starter. Starters of equal token length run as one batch (no
+    padding), with past keys/values: one token per step instead of the whole text again."""
     device = next(model.parameters()).device
-    texts = []
-    for starter in starters:  # one at a time: no padding questions, and only 5 x n_tokens steps
-        ids = tokenizer(starter, return_tensors="pt")["input_ids"].to(device)
+    encoded = [tokenizer(starter)["input_ids"] for starter in starters]
+    by_length: dict[int, list[int]] = {}
+    for index, ids in enumerate(encoded):
+        by_length.setdefault(len(ids), []).append(index)
+    texts: list[str] = [""] * len(starters)
+    for indices in by_length.values():
+        generators = [torch.Generator().manual_seed(starter_seed(seed, i)) for i in indices]
+        ids = torch.tensor([encoded[i] for i in indices], device=device)
+        cache, step_ids = new_cache(model), ids
         for _ in range(n_tokens):
-            logits = model(input_ids=ids).logits[0, -1].float()
+            logits = model(input_ids=step_ids, past_key_values=cache, use_cache=True).logits[:, -1].float()
             top = torch.topk(logits, top_k)
             probs = torch.softmax(top.values, dim=-1).cpu()
-            choice = top.indices[torch.multinomial(probs, 1, generator=generator)].to(device)
-            ids = torch.cat([ids, choice.view(1, 1)], dim=1)
-        texts.append(tokenizer.decode(ids[0], skip_special_tokens=True))
+            picks = torch.stack([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
+            step_ids = top.indices.gather(1, picks.to(device))
+            ids = torch.cat([ids, step_ids], dim=1)
+        for row, index in enumerate(indices):
+            texts[index] = tokenizer.decode(ids[row], skip_special_tokens=True)
     return texts
 
 
@@ -44,8 +62,7 @@ def context_templates(model, tokenizer, language: str, n_tokens: int = 10, top_k
     """``[["{}"], [prefix_1 + ". {}", ...]]`` for `language`; deterministic for a seed."""
     if language not in STARTERS:
         raise _unknown(language)
-    generator = torch.Generator().manual_seed(seed)
-    generated = _sample(model, tokenizer, STARTERS[language], n_tokens, top_k, generator)
+    generated = _sample(model, tokenizer, STARTERS[language], n_tokens, top_k, seed)
     prefixed = [text.replace("{", " ").replace("}", " ") + ". {}" for text in generated]
     return [["{}"], prefixed]
 

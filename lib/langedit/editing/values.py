@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..hooks import Trace
-from .forward import final_hidden, record_block_arity, replay_layers, target_log_probs, unembed
+from .forward import final_hidden, new_cache, record_block_arity, replay_layers, target_log_probs, unembed
 from .tokens import Request, encode, fill, target_ids
 
 KL_PROMPT = "{} is a"
@@ -108,14 +108,6 @@ class _Chunk:
     kl_init: torch.Tensor        # [b', V] their log-probabilities before editing
 
 
-def _new_cache(model):
-    from transformers import DynamicCache
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # transformers < 4.56 has no config argument
-        return DynamicCache()
-
-
 def _prepare_chunk(model, arch, problem: ValueProblem, requests_in: torch.Tensor, layer_name: str,
                    device) -> _Chunk:
     to_dev = lambda t: t.to(device)
@@ -147,7 +139,7 @@ def _prepare_chunk(model, arch, problem: ValueProblem, requests_in: torch.Tensor
     t_rows = local_of[problem.target_rows[t_keep]]
     kl_rows = problem.is_kl[rows].nonzero().squeeze(1)
 
-    cache = _new_cache(model)
+    cache = new_cache(model)
     with torch.no_grad():
         final_hidden(model, arch, to_dev(prefix_ids), to_dev(prefix_pass_mask), past_key_values=cache, use_cache=True)
         with Trace(model, layer_name) as block_l:
