@@ -33,7 +33,7 @@ PROFILES: dict[str, dict] = {
                   tracing=dict(facts_per_language=1, n_samples=2, kinds=("mlp",))),
     # 3 edits per language (18 in all), XTREME restricted to the two log-likelihood tasks, 3 facts
     # per language for causal tracing: the scales that keep the whole suite under an hour on 2 CPU
-    # cores (measured time in the README, "Profiles").
+    # cores (measured: 58 min, README "Notebooks and results").
     "default": dict(languages=LANGUAGES, n_per_language=3, batch_size=3, seeds=(0,),
                     methods=("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"),
                     focus_methods=("alphaedit", "langedit"), radar_methods=("rect", "alphaedit", "langedit"),
