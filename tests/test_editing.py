@@ -8,7 +8,7 @@ import torch
 
 from langedit.editing import Editor, SubjectNotFoundError, load_hparams
 from langedit.editing.activations import compute_keys
-from langedit.editing.forward import target_log_probs
+from langedit.editing.forward import head_terms
 from langedit.editing import residual as residual_module
 from langedit.editing.residual import (_damped_step, _damped_step_rms, norm_jacobians, residual_to_value_shift,
                                        rms_jacobian_factors, rms_norm_form)
@@ -83,22 +83,34 @@ def test_values_without_bos_where_the_subject_opens_the_prompt(tok):
         assert torch.allclose(values[row], value, atol=1e-4, rtol=1e-4)
 
 
-def test_target_log_probs_value_and_gradient_equal_log_softmax_gather():
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_head_terms_value_and_gradient_equal_log_softmax_gather_and_kl(softcap):
     g = torch.Generator().manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=True)
     model = torch.nn.Module()
-    model.lm_head, model.config = head, type("Config", (), {})()
+    model.lm_head, model.config = head, type("Config", (), {"final_logit_softcapping": softcap})()
     arch = type("Arch", (), {"unembed": "lm_head"})()
     hidden = torch.randn(7, 16, generator=g, requires_grad=True)
+    kl_hidden = torch.randn(3, 16, generator=g, requires_grad=True)
     tokens = torch.randint(0, 50, (7,), generator=g)
-    weights = torch.rand(7, generator=g)
-    fused = target_log_probs(model, arch, hidden, tokens)
-    (grad_fused,) = torch.autograd.grad((fused * weights).sum(), hidden)
-    plain = torch.log_softmax(head(hidden), -1)[torch.arange(7), tokens]
-    (grad_plain,) = torch.autograd.grad((plain * weights).sum(), hidden)
-    assert torch.allclose(fused, plain, atol=1e-6)
-    assert torch.allclose(grad_fused, grad_plain, atol=1e-6)
-    assert grad_plain.abs().max() > 1e-2
+    kl_init = torch.log_softmax(torch.randn(3, 50, generator=g), -1)
+    weights, kl_weights = torch.rand(7, generator=g), torch.rand(3, generator=g)
+    target, kl = head_terms(model, arch, hidden, tokens, kl_hidden, kl_init)
+    grads = torch.autograd.grad((target * weights).sum() + (kl * kl_weights).sum(), [hidden, kl_hidden])
+
+    def logits(rows):
+        out = head(rows)
+        return torch.tanh(out / softcap) * softcap if softcap else out
+    plain = torch.log_softmax(logits(hidden), -1)[torch.arange(7), tokens]
+    plain_kl = torch.nn.functional.kl_div(kl_init, torch.log_softmax(logits(kl_hidden), -1), log_target=True,
+                                          reduction="none").sum(-1)  # KL(p_new || p_init)
+    plain_grads = torch.autograd.grad((plain * weights).sum() + (plain_kl * kl_weights).sum(), [hidden, kl_hidden])
+    assert torch.allclose(target, plain, atol=1e-6)
+    assert torch.allclose(kl, plain_kl, atol=1e-6)
+    assert kl.min() > 1e-2
+    for fused, reference in zip(grads, plain_grads):
+        assert torch.allclose(fused, reference, atol=1e-6)
+        assert reference.abs().max() > 1e-2
 
 
 def plain_templates(model, tokenizer, language, n_tokens=10, top_k=5, seed=0):

@@ -216,6 +216,35 @@ def test_choice_logprobs_batched_equals_unpadded_full_forward():
             assert value == pytest.approx(expected, abs=1e-4)
 
 
+def test_shared_prefix_length_leaves_every_sequence_a_token():
+    from langedit.xtreme.inference import shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2   # the shorter keeps its last token
+    assert shared_prefix_length([[1, 2], [9, 2]]) == 0
+    assert shared_prefix_length([[4, 5, 6]]) == 2
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text", "gptj", "gpt2"])
+def test_choice_logprobs_with_shared_prefix_equal_full_forward(family):
+    from langedit.models.tiny import build_tiny_model
+
+    model = build_tiny_model(family).model
+    gen = torch.Generator().manual_seed(1)
+    demos = torch.randint(3, 500, (11,), generator=gen).tolist()  # what few-shot prompts have in common
+    prompts = [demos + torch.randint(3, 500, (n,), generator=gen).tolist() for n in (1, 6, 3, 9)]
+    choices = [[[7], [8, 9]], [[10, 11, 12], [13]], [[14], [15]], [[16, 17], [18]]]
+    shared = choice_logprobs(model, prompts, choices, pad=0, batch_size=3, progress=False)
+    whole = choice_logprobs(model, prompts, choices, pad=0, batch_size=3, progress=False, share_prefix=False)
+    for p, cs, got, plain in zip(prompts, choices, shared, whole):
+        for c, value, value_plain in zip(cs, got, plain):
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(torch.tensor([p + c])).logits[0].float(), -1)
+            expected = sum(logprobs[len(p) - 1 + k, t].item() for k, t in enumerate(c))
+            assert value == pytest.approx(expected, abs=1e-4)
+            assert value_plain == pytest.approx(expected, abs=1e-4)
+
+
 # --- the real default model -----------------------------------------------------------------
 
 @pytest.fixture

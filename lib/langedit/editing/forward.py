@@ -28,34 +28,48 @@ def unembed(model, arch, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-class _TargetLogProb(torch.autograd.Function):
-    """log softmax(h W^T + b)[token] per row. Autograd of log_softmax + gather would keep a second
-    [M, V] tensor and scatter a zero-filled [M, V] gradient; here backward is one product:
-    d/dh = (onehot - softmax) W."""
+class _HeadTerms(torch.autograd.Function):
+    """From final-normed rows [M + K, d] through one unembedding product: log p(token) of the first
+    M rows and KL(p || p_init) of the last K rows. One [M + K, V] product forward and one backward,
+    instead of one each for targets and KL rows (the head is the largest matrix of a small model,
+    so each product costs about one read of it); no second [M + K, V] tensor kept for autograd.
+    Gradients w.r.t. the logits: target rows onehot - p, KL rows p * (log p - log p_init - KL)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, tokens):
+    def forward(ctx, hidden, weight, bias, tokens, kl_init):
         logp = torch.log_softmax(nn.functional.linear(hidden, weight, bias).float(), -1)
-        ctx.save_for_backward(logp, weight, tokens)
+        n_targets = len(tokens)
+        target = logp[:n_targets].gather(1, tokens[:, None]).squeeze(1)
+        kl_logp = logp[n_targets:]
+        kl = (kl_logp.exp() * (kl_logp - kl_init)).sum(-1)
+        ctx.save_for_backward(logp, weight, tokens, kl_init, kl)
         ctx.hidden_dtype = hidden.dtype
-        return logp.gather(1, tokens[:, None]).squeeze(1)
+        return target, kl
 
     @staticmethod
-    def backward(ctx, grad):
-        logp, weight, tokens = ctx.saved_tensors
-        minus_grad_logits = logp.exp()
-        minus_grad_logits[torch.arange(len(tokens), device=tokens.device), tokens] -= 1.0
-        minus_grad_logits.mul_(grad[:, None])
-        grad_hidden = -(minus_grad_logits.to(weight.dtype) @ weight)
-        return grad_hidden.to(ctx.hidden_dtype), None, None, None
+    def backward(ctx, grad_target, grad_kl):
+        logp, weight, tokens, kl_init, kl = ctx.saved_tensors
+        n_targets = len(tokens)
+        grad_logits = logp.exp()
+        target_part, kl_part = grad_logits[:n_targets], grad_logits[n_targets:]
+        target_part[torch.arange(n_targets, device=tokens.device), tokens] -= 1.0
+        target_part.mul_(-grad_target[:, None])
+        kl_part.mul_((logp[n_targets:] - kl_init - kl[:, None]) * grad_kl[:, None])
+        grad_hidden = grad_logits.to(weight.dtype) @ weight
+        return grad_hidden.to(ctx.hidden_dtype), None, None, None, None
 
 
-def target_log_probs(model, arch, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) for final-normed hidden states [M, d] and token ids [M] -> [M] float32."""
+def head_terms(model, arch, target_hidden: torch.Tensor, tokens: torch.Tensor, kl_hidden: torch.Tensor,
+               kl_init: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(token) [M], KL(p || exp(kl_init)) [K]) in float32 for final-normed hidden states:
+    `target_hidden` [M, d] with token ids [M], `kl_hidden` [K, d] with reference log-probs [K, V]."""
+    hidden = torch.cat([target_hidden, kl_hidden.to(target_hidden.dtype)])
     head = get_module(model, arch.unembed)
     if getattr(model.config, "final_logit_softcapping", None) or not isinstance(head, nn.Linear):
-        return torch.log_softmax(unembed(model, arch, hidden), -1).gather(1, tokens[:, None]).squeeze(1)
-    return _TargetLogProb.apply(hidden, head.weight, head.bias, tokens)
+        logp = torch.log_softmax(unembed(model, arch, hidden), -1)
+        kl_logp = logp[len(tokens):]
+        return logp[:len(tokens)].gather(1, tokens[:, None]).squeeze(1), (kl_logp.exp() * (kl_logp - kl_init)).sum(-1)
+    return _HeadTerms.apply(hidden, head.weight, head.bias, tokens, kl_init)
 
 
 @contextmanager

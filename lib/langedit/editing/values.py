@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..hooks import Trace
-from .forward import final_hidden, new_cache, record_block_arity, replay_layers, target_log_probs, unembed
+from .forward import final_hidden, head_terms, new_cache, record_block_arity, replay_layers, unembed
 from .tokens import Request, encode, fill, target_ids
 
 KL_PROMPT = "{} is a"
@@ -226,11 +226,10 @@ def _chunk_loss(model, arch, chunk: _Chunk, delta: torch.Tensor, h: torch.Tensor
         hidden = final_hidden(model, arch, to_dev(chunk.suffix_ids), to_dev(chunk.attention_mask),
                               position_ids=to_dev(chunk.position_ids), past_key_values=copy.deepcopy(chunk.prefix_cache),
                               use_cache=True)
-    at_targets = hidden[to_dev(chunk.target_rows), to_dev(chunk.target_pos)]
-    token_nll = -target_log_probs(model, arch, at_targets, to_dev(chunk.target_tok)) * to_dev(chunk.target_weight)
+    target_logp, kl_each = head_terms(model, arch, hidden[to_dev(chunk.target_rows), to_dev(chunk.target_pos)],
+                                      to_dev(chunk.target_tok), hidden[to_dev(chunk.kl_rows), 0], chunk.kl_init)
+    token_nll = -target_logp * to_dev(chunk.target_weight)
     nll = torch.zeros(n_requests, device=device).index_add(0, owner[to_dev(chunk.target_rows)], token_nll)
-    kl_new = torch.log_softmax(unembed(model, arch, hidden[to_dev(chunk.kl_rows), 0]), -1)
-    kl_each = (kl_new.exp() * (kl_new - chunk.kl_init)).sum(-1)
     kl = torch.zeros(n_requests, device=device).index_add(0, owner[to_dev(chunk.kl_rows)], kl_each)
     on = torch.zeros(n_requests, dtype=torch.bool, device=device)
     on[to_dev(chunk.requests)] = True

@@ -6,9 +6,14 @@ answer positions are then the same for the whole batch and only they go through 
 head (``logits_to_keep``). With Gemma-3's 262k-word vocabulary that is the difference between
 a [batch, length, vocab] tensor and a [batch, 1-2, vocab] one. Prompts are sorted by length
 before batching to waste little work on padding.
+
+Few-shot prompts of one task and language share their demonstrations: the token prefix common to
+all prompts runs once, and each batch runs only the rest on top of its past keys/values (the pads
+then sit between that prefix and each row's own tokens, masked out).
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Sequence
 
@@ -69,14 +74,47 @@ def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _last_logits(model: torch.nn.Module, ids, mask, positions, keep: int) -> torch.Tensor:
-    """Logits of the last `keep` positions only, as float32 [batch, keep, vocab]."""
-    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+def _last_logits(model: torch.nn.Module, ids, mask, positions, keep: int, past=None) -> torch.Tensor:
+    """Logits of the last `keep` positions only, as float32 [batch, keep, vocab]. With `past`
+    (keys/values of a prefix every row shares), `ids` are the rows' remaining tokens and `mask`
+    covers prefix and rest."""
+    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=past is not None)
+    if past is not None:
+        kwargs["past_key_values"] = past
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         logits = model(**kwargs, logits_to_keep=keep).logits
     else:
         logits = model(**kwargs).logits[:, -keep:, :]
     return logits[:, -keep:, :].float()
+
+
+def shared_prefix_length(seqs: Sequence[list[int]]) -> int:
+    """Tokens every sequence starts with, leaving each at least one token of its own."""
+    shortest = min(len(s) for s in seqs)
+    length = 0
+    while length < shortest - 1 and all(s[length] == seqs[0][length] for s in seqs):
+        length += 1
+    return length
+
+
+class _SharedPrefix:
+    """Past keys/values of a token prefix common to all sequences, computed once, handed out per batch."""
+
+    def __init__(self, model: torch.nn.Module, prefix: list[int], device: torch.device):
+        from ..editing.forward import new_cache
+
+        self.length = len(prefix)
+        self.cache = new_cache(model)
+        ids = torch.tensor([prefix], dtype=torch.long, device=device)
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=self.cache, use_cache=True)
+
+    def inputs(self, rests: Sequence[list[int]], pad: int, device: torch.device):
+        """input ids, attention mask, position ids and a fresh cache for rows = prefix + rest."""
+        ids, mask, positions = left_pad(rests, pad, device)
+        full_mask = torch.cat([torch.ones(len(rests), self.length, dtype=mask.dtype, device=device), mask], 1)
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(len(rests))
+        return ids, full_mask, positions + self.length, cache
 
 
 def _choice_plan(prompt_ids: list[int], choices: ChoiceIds) -> list[tuple[list[int], list[int]]]:
@@ -98,11 +136,13 @@ def _choice_plan(prompt_ids: list[int], choices: ChoiceIds) -> list[tuple[list[i
 
 @torch.no_grad()
 def choice_logprobs(model: torch.nn.Module, prompt_ids: Sequence[list[int]], choice_ids: Sequence[ChoiceIds],
-                    pad: int, batch_size: int = 8, desc: str = "", progress: bool = True) -> list[list[float]]:
+                    pad: int, batch_size: int = 8, desc: str = "", progress: bool = True,
+                    share_prefix: bool = True) -> list[list[float]]:
     """Sum of the log-probabilities of each choice's tokens after its prompt.
 
     `choice_ids[i][c]` are the token ids of choice c as a continuation of prompt i.
-    Log-softmax is taken in float32 whatever the model's dtype.
+    Log-softmax is taken in float32 whatever the model's dtype. `share_prefix`: run the tokens
+    all prompts start with once (same numbers up to float rounding; False runs every row whole).
     """
     jobs = []  # (prompt index, sequence, choices scored by it)
     for i, (ids, choices) in enumerate(zip(prompt_ids, choice_ids)):
@@ -111,11 +151,17 @@ def choice_logprobs(model: torch.nn.Module, prompt_ids: Sequence[list[int]], cho
         jobs += [(i, seq, cs) for seq, cs in _choice_plan(list(ids), choices)]
     scores = [[0.0] * len(c) for c in choice_ids]
     device = input_device(model)
+    cut = shared_prefix_length([list(p) for p in prompt_ids]) if share_prefix and prompt_ids else 0
+    shared = _SharedPrefix(model, list(prompt_ids[0][:cut]), device) if cut else None
     with tqdm(total=len(jobs), desc=desc, unit="seq", disable=not progress) as bar:
         for batch in _batches([len(j[1]) for j in jobs], batch_size):
             seqs = [jobs[j][1] for j in batch]
             keep = max(len(jobs[j][1]) - len(prompt_ids[jobs[j][0]]) + 1 for j in batch)
-            logprobs = torch.log_softmax(_last_logits(model, *left_pad(seqs, pad, device), keep), dim=-1)
+            if shared:
+                ids, mask, positions, past = shared.inputs([s[cut:] for s in seqs], pad, device)
+            else:
+                (ids, mask, positions), past = left_pad(seqs, pad, device), None
+            logprobs = torch.log_softmax(_last_logits(model, ids, mask, positions, keep, past), dim=-1)
             for row, j in enumerate(batch):
                 i, seq, cs = jobs[j]
                 for c in cs:
