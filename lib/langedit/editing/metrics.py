@@ -34,10 +34,13 @@ def answer_argmax(model, tokenizer, arch, prompts: Sequence[str], answers: Seque
             spans.append((len(prefix) - 1, answer_ids))
         ids, mask = pad_right(rows, tokenizer.pad_token_id)
         hidden = final_hidden(model, arch, ids.to(device), mask.to(device))
-        for i, (first, answer_ids) in enumerate(spans):
-            positions = torch.arange(first, first + len(answer_ids), device=device)
-            predicted = unembed(model, arch, hidden[i, positions]).argmax(-1).tolist()
-            results.append((answer_ids, predicted))
+        # every answer position of the batch through the head at once: one read of a large head
+        row_of = [i for i, (_, answer_ids) in enumerate(spans) for _ in answer_ids]
+        position_of = [first + k for first, answer_ids in spans for k in range(len(answer_ids))]
+        predicted = unembed(model, arch, hidden[row_of, position_of]).argmax(-1).tolist()
+        for _, answer_ids in spans:
+            results.append((answer_ids, predicted[:len(answer_ids)]))
+            predicted = predicted[len(answer_ids):]
     return results
 
 
