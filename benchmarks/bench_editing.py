@@ -55,7 +55,8 @@ def method_table(lm, requests, methods) -> None:
         editor.prepare()                      # key statistics are cached on disk, not part of a batch's cost
         report = editor.apply(requests)
         print(f"{method:10s} {report.seconds:8.1f} s/batch (value targets {report.value_seconds:6.1f} s)  "
-              f"peak {report.peak_memory_bytes / 2**30:6.2f} GiB  {scores_line(lm, requests)}", flush=True)
+              f"peak {report.peak_memory_bytes / 2**30:6.2f} GiB (batch adds {report.added_memory_bytes / 2**30:5.2f})  "
+              f"{scores_line(lm, requests)}", flush=True)
         editor.restore()
 
 
@@ -71,7 +72,8 @@ def speedup(lm, requests, n_reference: int) -> None:
     editor.prepare()
     report = editor.apply(requests)
     print(f"batched: {report.seconds:.1f} s for the batch (value targets {report.value_seconds:.1f} s), "
-          f"peak {report.peak_memory_bytes / 2**30:.2f} GiB; {scores_line(lm, requests)}", flush=True)
+          f"peak {report.peak_memory_bytes / 2**30:.2f} GiB (the batch adds {report.added_memory_bytes / 2**30:.2f}); "
+          f"{scores_line(lm, requests)}", flush=True)
     editor.restore()
     settings = editor.method.value_settings()
     sample = requests[:n_reference]

@@ -147,3 +147,21 @@ def test_translation_run_edits_the_english_twins_only(setup, tmp_path):
     assert [[r.language for r in batch] for _, batch in run.edit_plan()] == [["en"]]
     table = run.run()
     assert "all" in set(table["after"])
+
+
+def test_the_run_key_covers_the_resolved_hyperparameters(setup):
+    from langedit.editing.sequential import resolved_hparams
+    from langedit.notebook_support import run_folder
+
+    lm, _, _ = setup
+    default = resolved_hparams(lm, "memit")
+    assert default["layers"] == tuple(load_hparams("memit", "gemma3").layers) and "source" not in default
+    assert resolved_hparams(lm, "memit", v_lr=3.0)["v_lr"] == 3.0
+    changed_file = load_hparams("memit", "gemma3", v_steps=7)      # as if hparams/gemma3.json had changed
+    assert resolved_hparams(lm, "memit", changed_file) != default
+    make = lambda hp: SequentialRun(lm, "memit", REQUESTS, ["en"], batch_size=1, out_dir="unused", progress=False,
+                                    hparams=hp).config.key()
+    assert make(changed_file) != make(None)
+    params = lambda hp: dict(order=["en"], hparams=resolved_hparams(lm, "memit", hp))
+    assert run_folder("seq", "memit", "multilingual", lm.name, params(None)) != \
+        run_folder("seq", "memit", "multilingual", lm.name, params(changed_file))

@@ -79,7 +79,8 @@ def save_table(frame: pd.DataFrame, folder: str | os.PathLike, name: str) -> Pat
 
 
 def run_folder(kind: str, method: str, mode: str, model: str, params: dict) -> Path:
-    """A folder under results/runs named by everything that determines the run's numbers."""
+    """A folder under results/runs named by the run's parameters, including the resolved
+    hyperparameters (not the code: after a change of lib/ that moves numbers, delete results/runs/)."""
     import hashlib
     import json
 
@@ -104,11 +105,12 @@ def sequential_run(lm, method: str, requests, order: Sequence[str], batch_size: 
                    shuffle_seed: int | None = None, progress: bool = True, portability: bool = False,
                    **overrides) -> RunResult:
     """Run (or resume, or reload) a sequential editing run, kept under results/runs/ by its parameters."""
-    from .editing.sequential import SequentialRun
+    from .editing.sequential import SequentialRun, resolved_hparams
 
     params = dict(order=list(order), n=max(len(v) for v in requests.values()), batch_size=batch_size,
                   shuffle_seed=shuffle_seed, portability=portability,
-                  case_ids={k: [r.case_id for r in v] for k, v in requests.items()}, overrides=overrides)
+                  case_ids={k: [r.case_id for r in v] for k, v in requests.items()}, overrides=overrides,
+                  hparams=resolved_hparams(lm, method, **overrides))
     folder = run_folder("seq", method, mode, lm.name, params)
     run = SequentialRun(lm, method, requests, order, batch_size, folder, mode=mode, shuffle_seed=shuffle_seed,
                         progress=progress, portability=portability, **overrides)

@@ -42,6 +42,7 @@ class BatchReport:
     leakage: dict[int, float] = field(default_factory=dict)       # ||dW K_prev|| / (||dW|| ||K_prev||)
     null_dimension: dict[int, int] = field(default_factory=dict)  # kept dimension of P, null-space methods
     value_seconds: float = 0.0                                    # of `seconds`: the value-target optimisation
+    added_memory_bytes: int = 0                                   # peak minus what was held when the batch began
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -137,6 +138,7 @@ class Editor:
             self.method.apply(list(requests), report)
             self.record_edited_keys(list(requests))
         report.seconds, report.peak_memory_bytes = measured.seconds, measured.peak_bytes
+        report.added_memory_bytes = measured.added_bytes
         for layer in self.layers:
             update = self.weight(layer).detach().double() - before[layer]
             report.update_norm[layer] = float(update.norm())

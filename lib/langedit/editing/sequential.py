@@ -34,7 +34,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.loading import LoadedModel
-from .editor import Editor
+from .editor import Editor, family_of
+from .hparams import Hparams, load_hparams
 from .metrics import edit_metrics, locality_predictions
 
 MODES = ("multilingual", "monolingual", "summed", "translation")
@@ -52,9 +53,17 @@ class RunConfig:
     portability: bool = False            # also score the multi-hop / portability question
     overrides: dict = field(default_factory=dict)
     model: str = ""
+    hparams: dict = field(default_factory=dict)   # the resolved hyperparameters (files + overrides)
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def resolved_hparams(lm: LoadedModel, method: str, hparams: Hparams | None = None, **overrides) -> dict:
+    """The hyperparameters an Editor of `method` on `lm` would use, as plain data for run keys: a
+    change of the hparams file then makes a new run instead of silently reusing an old one."""
+    resolved = (hparams or load_hparams(method, family_of(lm))).with_overrides(**overrides)
+    return {name: value for name, value in asdict(resolved).items() if name != "source"}
 
 
 class StaleRunError(RuntimeError):
@@ -85,7 +94,8 @@ class SequentialRun:
     def __init__(self, lm: LoadedModel, method: str, requests: Mapping[str, Sequence], order: Sequence[str],
                  batch_size: int, out_dir: str | os.PathLike, mode: str = "multilingual",
                  shuffle_seed: int | None = None, progress: bool = True, portability: bool = False,
-                 editor_factory: Callable[..., Editor] | None = None, **overrides) -> None:
+                 editor_factory: Callable[..., Editor] | None = None, hparams: Hparams | None = None,
+                 **overrides) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
         if batch_size <= 0:
@@ -96,10 +106,12 @@ class SequentialRun:
         sizes = {len(requests[lang]) for lang in order}
         self.lm, self.requests, self.progress = lm, requests, progress
         self.order = language_order(order, shuffle_seed)
+        # with an editor_factory, the key holds `hparams` (or the defaults) + overrides: pass the ones it uses
         self.config = RunConfig(method, tuple(self.order), max(sizes), batch_size, mode, shuffle_seed,
-                                portability, dict(overrides), lm.name)
+                                portability, dict(overrides), lm.name, resolved_hparams(lm, method, hparams, **overrides))
         self.out_dir = Path(out_dir)
-        self._factory = editor_factory or (lambda: Editor(lm, method=method, progress=progress, **overrides))
+        self._factory = editor_factory or (lambda: Editor(lm, method=method, hparams=hparams, progress=progress,
+                                                          **overrides))
 
     # ----- files ---------------------------------------------------------------------------
     def _claim_folder(self) -> None:
