@@ -1,6 +1,9 @@
 """Preserved-knowledge statistics: the uncentered second moment C0 = E[k k^T] of W_out's input
 over the tokens of a text corpus, per layer. Accumulated in float32 (as the reference code),
-cached on disk keyed by (model, layer, corpus, token count) and written atomically.
+cached on disk keyed by the model's weights up to the layer, the corpus texts themselves, the token
+count, the batching and a protocol version (bumped whenever this computation changes), and written
+atomically. An earlier key (model, layer, corpus name, token count) let statistics computed by older
+code be reused silently.
 """
 from __future__ import annotations
 
@@ -39,8 +42,20 @@ def model_fingerprint(model, arch, upto_layer: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def _cache_file(root: Path, fingerprint: str, layer: int, corpus: str, n_tokens: int) -> Path:
-    return root / "stats" / fingerprint / f"{corpus}-{n_tokens}tok" / f"layer{layer}.safetensors"
+#: Version of the statistics' computation; part of the cache key.
+STATS_PROTOCOL = 2
+
+
+def statistics_key(texts: Sequence[str], n_tokens: int, max_length: int, batch_size: int) -> str:
+    """What besides the weights determines C0: the texts, the token budget, the batching, the code version."""
+    digest = hashlib.sha256(json.dumps([STATS_PROTOCOL, n_tokens, max_length, batch_size]).encode())
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def _cache_file(root: Path, fingerprint: str, layer: int, corpus: str, n_tokens: int, key: str) -> Path:
+    return root / "stats" / fingerprint / f"{corpus}-{n_tokens}tok-{key}" / f"layer{layer}.safetensors"
 
 
 def _atomic_save(tensors: dict, metadata: dict, path: Path) -> None:
@@ -81,21 +96,24 @@ def accumulate_key_moments(model, tokenizer, arch, layers: Sequence[int], texts:
 
 
 def key_moments(model, tokenizer, arch, layers: Sequence[int], texts: Sequence[str], corpus: str, n_tokens: int,
-                cache: str | os.PathLike | None = None, progress: bool = True) -> dict[int, KeyMoment]:
+                cache: str | os.PathLike | None = None, progress: bool = True, max_length: int = 128,
+                batch_size: int = 8) -> dict[int, KeyMoment]:
     """C0 per layer, from the disk cache when present; computes (in one pass) the missing layers."""
     root = cache_dir(cache)
+    key = statistics_key(texts, n_tokens, max_length, batch_size)
     found, missing = {}, []
     for layer in layers:
-        path = _cache_file(root, model_fingerprint(model, arch, layer), layer, corpus, n_tokens)
+        path = _cache_file(root, model_fingerprint(model, arch, layer), layer, corpus, n_tokens, key)
         if path.exists():
             data = load_file(str(path))
             found[layer] = KeyMoment(data["moment"], int(data["n_tokens"].item()))
         else:
             missing.append(layer)
     if missing:
-        computed = accumulate_key_moments(model, tokenizer, arch, missing, texts, n_tokens, progress=progress)
+        computed = accumulate_key_moments(model, tokenizer, arch, missing, texts, n_tokens, max_length, batch_size,
+                                          progress=progress)
         for layer, stat in computed.items():
-            path = _cache_file(root, model_fingerprint(model, arch, layer), layer, corpus, n_tokens)
+            path = _cache_file(root, model_fingerprint(model, arch, layer), layer, corpus, n_tokens, key)
             _atomic_save({"moment": stat.moment.contiguous(), "n_tokens": torch.tensor(stat.n_tokens)},
                          {"layer": layer, "corpus": corpus}, path)
             found[layer] = stat
