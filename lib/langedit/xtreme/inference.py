@@ -106,7 +106,10 @@ class _SharedPrefix:
         self.length = len(prefix)
         self.cache = new_cache(model)
         ids = torch.tensor([prefix], dtype=torch.long, device=device)
-        model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=self.cache, use_cache=True)
+        kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=self.cache, use_cache=True)
+        if "logits_to_keep" in inspect.signature(model.forward).parameters:
+            kwargs["logits_to_keep"] = 1  # only the keys/values are wanted, not [P, vocab] logits
+        model(**kwargs)
 
     def inputs(self, rests: Sequence[list[int]], pad: int, device: torch.device):
         """input ids, attention mask, position ids and a fresh cache for rows = prefix + rest."""
