@@ -28,6 +28,11 @@ def unembed(model, arch, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def _kl(logp: torch.Tensor, logp_init: torch.Tensor) -> torch.Tensor:
+    """KL(p || p_init) per row from log-probabilities [K, V]."""
+    return (logp.exp() * (logp - logp_init)).sum(-1)
+
+
 class _HeadTerms(torch.autograd.Function):
     """From final-normed rows [M + K, d] through one unembedding product: log p(token) of the first
     M rows and KL(p || p_init) of the last K rows. One [M + K, V] product forward and one backward,
@@ -40,8 +45,7 @@ class _HeadTerms(torch.autograd.Function):
         logp = torch.log_softmax(nn.functional.linear(hidden, weight, bias).float(), -1)
         n_targets = len(tokens)
         target = logp[:n_targets].gather(1, tokens[:, None]).squeeze(1)
-        kl_logp = logp[n_targets:]
-        kl = (kl_logp.exp() * (kl_logp - kl_init)).sum(-1)
+        kl = _kl(logp[n_targets:], kl_init)
         ctx.save_for_backward(logp, weight, tokens, kl_init, kl)
         ctx.hidden_dtype = hidden.dtype
         return target, kl
@@ -67,8 +71,7 @@ def head_terms(model, arch, target_hidden: torch.Tensor, tokens: torch.Tensor, k
     head = get_module(model, arch.unembed)
     if getattr(model.config, "final_logit_softcapping", None) or not isinstance(head, nn.Linear):
         logp = torch.log_softmax(unembed(model, arch, hidden), -1)
-        kl_logp = logp[len(tokens):]
-        return logp[:len(tokens)].gather(1, tokens[:, None]).squeeze(1), (kl_logp.exp() * (kl_logp - kl_init)).sum(-1)
+        return logp[:len(tokens)].gather(1, tokens[:, None]).squeeze(1), _kl(logp[len(tokens):], kl_init)
     return _HeadTerms.apply(hidden, head.weight, head.bias, tokens, kl_init)
 
 

@@ -17,8 +17,8 @@ by Levenberg-Marquardt on the model's own norm module, starting from the damped 
 For an RMSNorm f(x) = c * x / s(x), s = sqrt(mean(x^2) + eps), the Jacobian is diagonal minus
 rank one, J = diag(c / s) - a x^T with a = c * x / (d s^3), so each damped step is solved in O(d)
 by the Woodbury identity instead of a dense [d, d] solve per row (the dense path took ~190 s of a
-100-edit batch on Gemma-3-270M on 2 CPU cores). The structure is checked against the autograd Jacobian of the module itself; any other
-norm takes the dense path. It realises r exactly when r is reachable and the closest reachable change
+100-edit batch on Gemma-3-270M on 2 CPU cores). The structure is checked against the autograd
+Jacobian of the module itself; any other norm takes the dense path. It realises r exactly when r is reachable and the closest reachable change
 otherwise. The multi-layer update re-measures the residual after every layer, so what one layer
 cannot reach is passed on to the next.
 """

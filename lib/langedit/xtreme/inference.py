@@ -106,10 +106,8 @@ class _SharedPrefix:
         self.length = len(prefix)
         self.cache = new_cache(model)
         ids = torch.tensor([prefix], dtype=torch.long, device=device)
-        kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=self.cache, use_cache=True)
-        if "logits_to_keep" in inspect.signature(model.forward).parameters:
-            kwargs["logits_to_keep"] = 1  # only the keys/values are wanted, not [P, vocab] logits
-        model(**kwargs)
+        # only the keys/values are wanted: one position of logits, not [P, vocab]
+        _last_logits(model, ids, torch.ones_like(ids), torch.arange(len(prefix), device=device)[None], 1, self.cache)
 
     def inputs(self, rests: Sequence[list[int]], pad: int, device: torch.device):
         """input ids, attention mask, position ids and a fresh cache for rows = prefix + rest."""

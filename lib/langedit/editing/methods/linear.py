@@ -28,6 +28,10 @@ class MultiLayerMethod(Method):
         super().__init__(editor)
         self._batch_keys: dict[int, torch.Tensor] = {}
 
+    def prepare(self):  # every solver here needs C0: read it before the first batch, not inside its cost
+        for layer in self.layers:
+            self.editor.cov0(layer)
+
     def keys_of_batch(self) -> dict[int, torch.Tensor]:
         # Keys at layer l are read after layers < l are edited; what follows changes W_out of
         # layers >= l, i.e. outputs at l and later, never the input of W_out at l.
@@ -72,10 +76,6 @@ class MultiLayerMethod(Method):
 
 class Memit(MultiLayerMethod):
     name = "memit"
-
-    def prepare(self):  # the key statistics before the first batch, not inside its measured cost
-        for layer in self.layers:
-            self.editor.cov0(layer)
 
     def solve(self, layer, keys, resid):
         return memit_update(keys, resid, self.editor.cov0(layer).moment.to(keys.device), self.hp.mom2_update_weight)
@@ -182,10 +182,6 @@ class LangEdit(NullSpaceMethod):
             cov = released_cov_update(self.released_cov[layer], ed.edited_kk[layer], ed.n_batches)
         self.released_cov[layer] = cov
         return projector_from_cov(cov, self.hp.nullspace_threshold)
-
-    def prepare(self):
-        for layer in self.layers:
-            self.editor.cov0(layer)
 
     def solve(self, layer, keys, resid):
         self.projectors[layer] = self.projector(layer)
