@@ -20,6 +20,8 @@
 #
 # Environment: PYTHON (interpreter for the venv, >= 3.10; default: python3), LANGEDIT_CACHE_DIR,
 # LANGEDIT_DATA_DIR, LANGEDIT_RESULTS_DIR (see README.md). Nothing is installed outside .venv.
+# With CI set, --test uses a fresh, empty LANGEDIT_CACHE_DIR (removed afterwards) unless
+# LANGEDIT_CI_KEEP_CACHE=1.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -275,6 +277,13 @@ run_tests() {
     smoke_results="$(mktemp -d "${TMPDIR:-/tmp}/langedit-test-results.XXXXXX")"
     # Tests and smoke notebooks write their tables/figures here, never over results/.
     export LANGEDIT_RESULTS_DIR="$smoke_results"
+    local fresh_cache=""
+    if [[ -n "${CI:-}" && -z "${LANGEDIT_CI_KEEP_CACHE:-}" ]]; then
+        # CI goes through the one-time model conversion and every cache exactly as a new user does.
+        fresh_cache="$(mktemp -d "${TMPDIR:-/tmp}/langedit-ci-cache.XXXXXX")"
+        export LANGEDIT_CACHE_DIR="$fresh_cache"
+        say "CI is set: fresh, empty LANGEDIT_CACHE_DIR=$fresh_cache (LANGEDIT_CI_KEEP_CACHE=1 keeps yours)"
+    fi
 
     say "notebook hygiene (no outputs, a 'parameters' cell reading \$LANGEDIT_PROFILE)"
     "$VPY" scripts/strip_notebooks.py --check || failed+=("notebook hygiene (scripts/strip_notebooks.py --check)")
@@ -308,6 +317,7 @@ run_tests() {
         esac
     fi
 
+    [[ -z "$fresh_cache" ]] || rm -rf "$fresh_cache"
     if [[ ${#failed[@]} -gt 0 ]]; then
         printf '\nrun_all.sh --test: FAILED\n' >&2
         printf '  - %s\n' "${failed[@]}" >&2

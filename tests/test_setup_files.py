@@ -71,6 +71,49 @@ def test_every_package_dependency_is_pinned_in_requirements():
     assert not missing, f"pyproject.toml dependencies not pinned in requirements.txt: {missing}"
 
 
+_SOURCE_DIRS = ("lib", "tests", "scripts", "benchmarks")
+
+
+def _imported_top_modules() -> dict[str, str]:
+    """Top-level modules imported by the project's code and notebooks -> one file that imports each."""
+    import ast
+    found: dict[str, str] = {}
+    sources = [(p, p.read_text(encoding="utf-8")) for d in _SOURCE_DIRS for p in (ROOT / d).rglob("*.py")]
+    for notebook in (ROOT / "notebooks").glob("*.ipynb"):
+        cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        sources.append((notebook, "\n".join(l for l in code.splitlines() if not l.lstrip().startswith(("%", "!")))))
+    for path, text in sources:
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                found.setdefault(name.split(".")[0], str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_direct_import_is_pinned_in_requirements():
+    """A package the code imports must not arrive only as somebody else's dependency."""
+    import importlib.metadata as md
+    distributions = md.packages_distributions()
+    pinned = {_name(r) for r in _requirements()}
+    unpinned = {}
+    for module, where in _imported_top_modules().items():
+        if module in sys.stdlib_module_names or module in ("langedit", "conftest") or module.startswith("_"):
+            continue
+        if (ROOT / "tests" / f"{module}.py").exists() or (ROOT / "benchmarks" / f"{module}.py").exists():
+            continue                              # the project's own helper modules
+        owners = {_name(d) for d in distributions.get(module, [])}
+        assert owners, f"{where} imports {module!r}, which no installed distribution provides"
+        if not owners & pinned:
+            unpinned[module] = (sorted(owners), where)
+    assert not unpinned, f"imported but not pinned in requirements.txt (module: (distribution, file)): {unpinned}"
+
+
 def test_ci_runs_exactly_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert TEST_COMMAND in readme
