@@ -540,3 +540,21 @@ def test_data_dir_setting_is_honoured(tmp_path, monkeypatch):
     shutil.copy(DATA / WIKI, tmp_path / WIKI)
     monkeypatch.setenv("LANGEDIT_DATA_DIR", str(tmp_path))
     assert ensure_data_file(WIKI) == tmp_path / WIKI
+
+
+@needs_data
+def test_bizsre_download_is_verified_by_its_records_without_invisible_characters(tmp_path):
+    """The Bi-ZsRE copy was rebuilt from a text view: an upstream file that differs only in zero-width
+    characters, BOMs or non-breaking spaces (and holds more records) is accepted; other changes are not."""
+    relative = "bizsre/bizsre_test.json"
+    records = json.loads((DATA / relative).read_text("utf-8"))
+    changed = json.loads(json.dumps(records))
+    changed[0]["en"]["src"] = "\ufeff" + changed[0]["en"]["src"].replace(" ", "\u00a0", 1) + "\u200b"
+    upstream = json.dumps(changed + changed[:131], indent=4, ensure_ascii=False).encode()
+    ensure_data_file(relative, tmp_path, download=True, fetch=lambda url: upstream)
+    assert (tmp_path / relative).read_bytes() == upstream
+    wrong = json.loads(json.dumps(records))
+    wrong[0]["en"]["src"] = wrong[0]["en"]["src"] + " (edited)"
+    with pytest.raises(ChecksumMismatchError):
+        ensure_data_file(relative, tmp_path / "other", download=True,
+                         fetch=lambda url: json.dumps(wrong, ensure_ascii=False).encode())

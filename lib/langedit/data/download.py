@@ -85,8 +85,31 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def canonical_records_sha256(records: list) -> str:
-    """Digest of JSON records independent of whitespace and key order (for the truncated MzsRE copies)."""
+# Characters a copy rebuilt from a text view can lose or change (Bi-ZsRE): zero-width spaces and
+# joiners, byte-order marks and word joiners vanish; non-breaking spaces become spaces.
+_INVISIBLE = {"\u200b": "", "\u200c": "", "\u200d": "", "\ufeff": "", "\u2060": "", "\u00a0": " ", "\u202f": " "}
+
+
+def without_invisible_characters(value: Any) -> Any:
+    """`value` (JSON data) with the characters of _INVISIBLE removed or replaced in every string."""
+    if isinstance(value, str):
+        for character, replacement in _INVISIBLE.items():
+            value = value.replace(character, replacement)
+        return value
+    if isinstance(value, list):
+        return [without_invisible_characters(item) for item in value]
+    if isinstance(value, dict):
+        return {key: without_invisible_characters(item) for key, item in value.items()}
+    return value
+
+
+def canonical_records_sha256(records: list, normalize: str | None = None) -> str:
+    """Digest of JSON records independent of whitespace and key order (for the truncated MzsRE copies);
+    ``normalize="invisible"`` first applies :func:`without_invisible_characters`."""
+    if normalize == "invisible":
+        records = without_invisible_characters(records)
+    elif normalize is not None:
+        raise ValueError(f"unknown records normalisation {normalize!r}; known: 'invisible'")
     canonical = json.dumps(records, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return sha256_bytes(canonical.encode("utf-8"))
 
@@ -101,7 +124,7 @@ def _prefix_digest_matches(data: bytes, entry: dict[str, Any]) -> bool:
     count = entry["n_records"]
     if not isinstance(records, list) or len(records) < count:
         return False
-    return canonical_records_sha256(records[:count]) == entry["records_sha256"]
+    return canonical_records_sha256(records[:count], entry.get("records_normalize")) == entry["records_sha256"]
 
 
 def verify_bytes(data: bytes, entry: dict[str, Any], where: str) -> None:
