@@ -8,7 +8,7 @@ from langedit.models import load_model
 
 @pytest.fixture(scope="session")
 def default_model():
-    return load_model()
+    return load_model(matmul_dtype="float32")   # the exact path; fast-path tests ask for it explicitly
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,9 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..models.architecture import w_out, w_out_as_matrix
+from ..models.architecture import get_module, w_out, w_out_as_matrix
 from ..models.loading import LoadedModel
+from ..precision import keep_in_float32
 from ..profiling import Measure
 from .activations import compute_keys
 from .hparams import Hparams, load_hparams
@@ -76,6 +77,8 @@ class Editor:
         self._corpus_texts = corpus_texts
         self.method = make_method(method, self)
         self.layers = self.method.layers
+        for layer in self.layers:   # edited matrices stay exact, whatever the model's storage dtype
+            keep_in_float32(get_module(self.model, self.arch.mlp_out_name(layer)))
         self.original = {layer: w_out(self.model, layer).detach().clone() for layer in self.layers}
         self._cov0: dict[int, KeyMoment] = {}
         self.edited_kk: dict[int, torch.Tensor] = {}

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..hooks import Trace
 from ..models.architecture import get_module
+from ..precision import linear_float32_logits
 
 
 def new_cache(model):
@@ -42,7 +43,7 @@ class _HeadTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, tokens, kl_init):
-        logp = torch.log_softmax(nn.functional.linear(hidden, weight, bias).float(), -1)
+        logp = torch.log_softmax(linear_float32_logits(hidden, weight, bias), -1)
         n_targets = len(tokens)
         target = logp[:n_targets].gather(1, tokens[:, None]).squeeze(1)
         kl = _kl(logp[n_targets:], kl_init)

@@ -41,6 +41,7 @@ class LoadedModel:
     tokenizer: object
     arch: Architecture
     name: str
+    matmul_dtype: torch.dtype = torch.float32    # precision of the linear layers' products (langedit.precision)
 
     @property
     def device(self) -> torch.device:
@@ -136,12 +137,15 @@ def load_model(
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
     cache: str | os.PathLike | None = None,
+    matmul_dtype: str | torch.dtype | None = "auto",
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer in eval mode, with its architecture description.
 
     `name_or_path` is ``"gemma-3-270m"`` (the embedded default), a local folder, or a Hugging Face id.
     `device_map` (e.g. ``"auto"``) is passed to transformers for models larger than one device;
-    otherwise the model is moved to `device`.
+    otherwise the model is moved to `device`. `matmul_dtype` chooses the fast path
+    (:mod:`langedit.precision`): ``"auto"`` uses bfloat16 matrix products where the device has units
+    for them (a float32 model's linear layers except W_out), ``"float32"`` the exact float32 path.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -171,4 +175,22 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    return LoadedModel(model=model, tokenizer=tokenizer, arch=architecture_of(model), name=str(name_or_path))
+    lm = LoadedModel(model=model, tokenizer=tokenizer, arch=architecture_of(model), name=str(name_or_path))
+    return with_matmul_dtype(lm, matmul_dtype)
+
+
+def with_matmul_dtype(lm: LoadedModel, matmul_dtype: str | torch.dtype | None = "auto") -> LoadedModel:
+    """Put `lm` on the fast path (bfloat16 products) or leave it on float32, as `matmul_dtype` says
+    (see langedit.precision); records the choice in ``lm.matmul_dtype``. Converting is one-way."""
+    from ..precision import resolve_matmul_dtype, use_bf16_matmuls
+
+    wanted = resolve_matmul_dtype(matmul_dtype, lm.device)
+    storage = next(lm.model.parameters()).dtype
+    if wanted == torch.bfloat16 and storage == torch.float32:
+        use_bf16_matmuls(lm.model, lm.arch)
+        lm.matmul_dtype = torch.bfloat16
+    elif wanted == torch.float32 and lm.matmul_dtype == torch.bfloat16:
+        raise ValueError(f"{lm.name} already runs bfloat16 products; load it again for the float32 path")
+    else:
+        lm.matmul_dtype = storage if storage != torch.float32 else torch.float32
+    return lm
