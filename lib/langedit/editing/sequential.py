@@ -15,9 +15,11 @@ Modes (the paper's comparisons):
 After each language step every language edited so far is evaluated (Efficacy, Generality,
 Specificity, locality agreement with the unedited model; Portability if asked), so interference
 shows over time. Requests without a locality probe (MLaKE) get no Specificity. Each
-finished batch is appended to ``batches.jsonl`` and the editor state saved, so an interrupted run
-resumes from its last finished batch. A run folder belongs to one configuration: reusing it with
-different parameters is an error, never a silently stale result.
+finished batch is appended to ``batches.jsonl`` and the editor state saved (key statistics
+included), so an interrupted run resumes from its last finished batch, in a new process, to the
+same scores and weights bit for bit as an uninterrupted run (tested for every method, also for a
+process killed while saving or evaluating). A run folder belongs to one configuration: reusing it
+with different parameters is an error, never a silently stale result.
 """
 from __future__ import annotations
 
