@@ -20,7 +20,7 @@ from langedit.data import (LANGUAGES, RULES, ChecksumMismatchError, DataDirector
                            subject_location_report, subject_token_range, template_from_span)
 from langedit.data import download as download_module
 from langedit.data.mlake import locate_shared_span, statement_without_answer
-from langedit.data.mzsre import parse_pairs, sample_case_ids
+from langedit.data.mzsre import parse_pairs, read_pairs, sample_case_ids
 from langedit.data.subjects import ENGLISH, EXACT, FUZZY, NORMALIZED, SHARED_SPAN, UNLOCATED
 from langedit.paths import data_dir
 
@@ -184,6 +184,30 @@ def test_mzsre_known_records(pool):
     assert (french.subject, french.subject_rule) == ("Défi des épreuves combinées de l’IAAF", NORMALIZED)
     assert french.source_subject == "Défi des épreuves combinées de l'IAAF"
     assert pool.requests["nl"][0].language == "nl"
+
+
+def test_locality_prompt_is_the_reference_form():
+    """AlphaEdit/LangEdit dsets: `nq question: ` prefixed where missing, `?` appended (even after one)."""
+    from langedit.data.mzsre import build_request
+    english = {**_valid_side(), "loc": "nq question: who sang nice day for a white wedding"}
+    german = {**_valid_side(), "loc": "Wie heißt die letzte Episode von SpongeBob?"}
+    twin = build_request(0, "en", english, english, None)
+    assert twin.locality_prompt == "nq question: who sang nice day for a white wedding?"
+    assert build_request(0, "de", german, english, twin).locality_prompt == \
+        "nq question: Wie heißt die letzte Episode von SpongeBob??"
+    assert twin.locality_answer == "a"                  # the answer is scored as " " + loc_ans, unchanged
+
+
+@needs_data
+def test_mzsre_locality_prompts_follow_the_reference_in_every_language(pool):
+    raw = {language: read_pairs(language) for language in LANGUAGES}
+    for language in LANGUAGES:
+        side = 0 if language == "en" else 1
+        for case_id, request in list(pool.requests[language].items())[:50]:
+            loc = raw[language][case_id][side]["loc"]
+            expected = (loc if loc.startswith("nq question: ") else "nq question: " + loc) + "?"
+            assert request.locality_prompt == expected, (language, case_id)
+            assert request.locality_prompt.count("nq question: ") == 1
 
 
 @needs_data

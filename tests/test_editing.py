@@ -220,9 +220,10 @@ def test_every_method_edits_and_restores_bit_for_bit(tok, method, tmp_path):
     report = editor.apply(REQUESTS[:2])
     assert report.n_edits == 2 and report.seconds > 0 and report.peak_memory_bytes > 0
     assert any(norm > 0 for norm in report.update_norm.values())
-    for layer, keys in editor.method.keys_of_batch().items():   # kept from the edit = read afresh after it
-        fresh = compute_keys(lm.model, tok, lm.arch, REQUESTS[:2], layer, editor.templates_for(REQUESTS[:2]))
-        assert torch.allclose(keys, fresh, rtol=1e-6, atol=1e-7), layer
+    with editor.raw_weights():     # edited keys are read where editing continues from (PRUNE: unrestrained)
+        for layer, keys in editor.method.keys_of_batch().items():   # kept from the edit = read afresh after it
+            fresh = compute_keys(lm.model, tok, lm.arch, REQUESTS[:2], layer, editor.templates_for(REQUESTS[:2]))
+            assert torch.allclose(keys, fresh, rtol=1e-6, atol=1e-7), layer
     editor.restore()
     for name, param in lm.model.named_parameters():
         assert torch.equal(param, before[name]), name
@@ -270,3 +271,77 @@ def test_bad_input_is_refused_with_a_clear_message(tok, tmp_path):
         load_hparams("memit", "gemma3", lr=1.0)
     with pytest.raises(ValueError, match="no hyperparameter file"):
         load_hparams("memit", "bert")
+
+
+def _restrained_by_hand(total: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """PRUNE's restraint written out with numpy's SVD: sigma > max sigma(W0) -> bound + ln(sigma / bound)."""
+    import numpy as np
+    bound = np.linalg.svd(original.double().numpy(), compute_uv=False).max()
+    u, s, vt = np.linalg.svd(total.double().numpy(), full_matrices=False)
+    s = np.where(s > bound, bound + np.log(s / bound), s)
+    return torch.from_numpy((u * s) @ vt)
+
+
+def test_prune_restrains_the_accumulated_raw_update_once_for_evaluation(tok, tmp_path):
+    """Editing is MEMIT on the raw weights; the model shows W0 + restrain(W_raw - W0), computed from the
+    whole raw update (the reference's MEMIT_prune), not restrained batch by batch."""
+    batches = [REQUESTS[:2], REQUESTS[2:]]
+    _, memit = tiny_editor(tok, "memit", tmp_path)
+    lm, prune = tiny_editor(tok, "prune", tmp_path)
+    for batch in batches:
+        memit.apply(batch)
+        prune.apply(batch)
+    for layer in prune.layers:
+        original = prune.original_matrix(layer)
+        assert torch.equal(prune.raw_weight(layer), memit.weight(layer).detach())   # edited from the raw weights
+        total = memit.weight(layer).detach().double() - original.double()
+        bound = float(torch.linalg.matrix_norm(original.double(), ord=2))
+        assert float(torch.linalg.matrix_norm(total, ord=2)) > 10 * bound           # the bound acts
+        expected = (original.double() + _restrained_by_hand(total, original)).float()
+        assert torch.allclose(prune.weight(layer), expected, rtol=1e-5, atol=1e-6), layer
+    # restraining after every batch (editing the second batch from restrained weights) is another model
+    _, per_batch = tiny_editor(tok, "memit", tmp_path)
+    for batch in batches:
+        per_batch.apply(batch)
+        with torch.no_grad():
+            for layer in per_batch.layers:
+                original = per_batch.original_matrix(layer)
+                total = per_batch.weight(layer).detach().double() - original.double()
+                per_batch.weight(layer).copy_((original.double() + _restrained_by_hand(total, original)).float())
+    gap = max(float((per_batch.weight(l) - prune.weight(l)).abs().max() / prune.weight(l).abs().max())
+              for l in prune.layers)
+    assert gap > 1e-2
+    # save / load into a new Editor: same raw and shown weights; restore: the original bit for bit
+    prune.save(tmp_path / "prune")
+    shown = {l: prune.weight(l).detach().clone() for l in prune.layers}
+    lm2, again = tiny_editor(tok, "prune", tmp_path)
+    again.load(tmp_path / "prune")
+    for layer in prune.layers:
+        assert torch.equal(again.raw_weight(layer), prune.raw_weight(layer))
+        assert torch.equal(again.weight(layer), shown[layer])
+    prune.restore()
+    for layer in prune.layers:
+        assert torch.equal(prune.weight(layer), prune.original_matrix(layer))
+
+
+def test_rect_masks_the_dense_memit_updates_of_all_layers(tok, tmp_path, monkeypatch):
+    """RECT = MEMIT's dense updates for every layer (later layers solved with the earlier dense updates in
+    place), each then masked to its top 40 % relative changes |dW / (W + 1e-8)| (AlphaEdit's RECT)."""
+    lm, memit = tiny_editor(tok, "memit", tmp_path)
+    before = {l: memit.weight(l).detach().clone() for l in memit.layers}
+    dense = {}
+    real_add = Editor.add_update
+    monkeypatch.setattr(Editor, "add_update", lambda self, layer, update: (dense.__setitem__(layer, update.clone()),
+                                                                           real_add(self, layer, update)))
+    memit.apply(REQUESTS[:2])
+    monkeypatch.undo()
+    _, rect = tiny_editor(tok, "rect", tmp_path)
+    assert rect.hparams.rect_keep_fraction == 0.4
+    rect.apply(REQUESTS[:2])
+    for layer in rect.layers:
+        relative = (dense[layer] / (before[layer] + 1e-8).double()).abs()
+        rank = relative.numel() * 60 // 100
+        keep = relative >= relative.flatten().sort().values[rank - 1]
+        assert keep.sum() == relative.numel() - rank + 1
+        expected = before[layer] + (dense[layer] * keep).float()
+        assert torch.equal(rect.weight(layer).detach(), expected), layer   # layer 2: solved after dense layer 1

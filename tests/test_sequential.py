@@ -165,3 +165,102 @@ def test_the_run_key_covers_the_resolved_hyperparameters(setup):
     params = lambda hp: dict(order=["en"], hparams=resolved_hparams(lm, "memit", hp))
     assert run_folder("seq", "memit", "multilingual", lm.name, params(None)) != \
         run_folder("seq", "memit", "multilingual", lm.name, params(changed_file))
+
+
+def test_a_prune_run_evaluates_the_restrained_accumulated_update(setup, tmp_path, monkeypatch):
+    """What the loop evaluates is W0 + restrain(W_raw - W0) (an SVD by hand of the raw update the
+    checkpoint holds), while the checkpoint keeps the raw weights editing continues from."""
+    import numpy as np
+    lm, _, _ = setup
+    hp = load_hparams("prune", "gemma3", layers=[1, 2], v_steps=2, v_lr=0.5, stats_tokens=200)
+    factory = lambda: Editor(lm, method="prune", hparams=hp, corpus_texts=["a b c d e f g h i j k"] * 30,
+                             progress=False, cache=tmp_path / "cache")
+    before = _weights(lm)
+    seen = {}
+    real_evaluate = SequentialRun._evaluate
+
+    def spy(self, after, languages, reference, done):
+        seen[after] = _weights(lm)
+        return real_evaluate(self, after, languages, reference, done)
+    monkeypatch.setattr(SequentialRun, "_evaluate", spy)
+    SequentialRun(lm, "prune", REQUESTS, ["en", "de"], batch_size=2, out_dir=tmp_path / "run", progress=False,
+                  editor_factory=factory, hparams=hp).run()
+    _, state = _final_state(tmp_path / "run")
+    for layer in (1, 2):
+        w0, raw = before[layer].double().numpy(), state[f"weight.{layer}"].double().numpy()
+        bound = np.linalg.svd(w0, compute_uv=False).max()
+        u, sigma, vt = np.linalg.svd(raw - w0, full_matrices=False)
+        assert sigma.max() > 2 * bound                                   # the bound acts
+        restrained = np.where(sigma > bound, bound + np.log(sigma / bound), sigma)
+        expected = torch.from_numpy(w0 + (u * restrained) @ vt).float()
+        assert torch.allclose(seen["de"][layer], expected, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(seen["de"][layer], state[f"weight.{layer}"], rtol=1e-3)   # not the raw weights
+    assert all(torch.equal(before[l], w) for l, w in _weights(lm).items())                   # restored
+
+
+# ----- resume in a new process, bit for bit ------------------------------------------------------------
+
+RESUME_CASES = ["ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit", "langedit-paper",
+                "langedit-incremental", "prune-killed-after-save", "memit-killed-in-save",
+                "langedit-killed-in-evaluation"]
+UNINTERRUPTED = {"prune-killed-after-save": "prune", "memit-killed-in-save": "memit",
+                 "langedit-killed-in-evaluation": "langedit"}
+
+
+@pytest.fixture(scope="module")
+def resumed_runs(tmp_path_factory):
+    """tests/resume_worker.py in three processes: uninterrupted runs beside interrupted ones (stopped
+    after batch 1 of 3; or right after, or in the middle of, saving batch 2; or killed in the middle of
+    the last evaluations); then a third, new process resumes every interrupted run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = tmp_path_factory.mktemp("resume")
+    worker = Path(__file__).with_name("resume_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = lambda phase: subprocess.Popen([sys.executable, str(worker), str(root), phase], env=env,
+                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for process, code in [(start("full"), 0), (start("interrupt"), 9)]:   # "interrupt" ends killed
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == code, output[-3000:]
+    resume = start("resume")
+    output, _ = resume.communicate(timeout=600)
+    assert resume.returncode == 0, output[-3000:]
+    return root
+
+
+def _final_state(folder):
+    import json
+    from safetensors.torch import load_file
+    meta = json.loads((folder / "checkpoint" / "state.json").read_text())
+    return meta, load_file(str(folder / "checkpoint" / meta["tensors"]))
+
+
+def _batch_rows(run_folder):
+    import json
+    rows = [json.loads(line) for line in (run_folder / "batches.jsonl").read_text().splitlines()]
+    timing = ("seconds", "peak_memory_bytes", "value_seconds", "added_memory_bytes")
+    return [{k: v for k, v in row.items() if k not in timing} for row in rows]
+
+
+@pytest.mark.parametrize("case", RESUME_CASES)
+def test_a_run_resumed_in_a_new_process_equals_the_uninterrupted_run(resumed_runs, case):
+    import json
+    full, resumed = resumed_runs / "full" / UNINTERRUPTED.get(case, case), resumed_runs / "resumed" / case
+    read = lambda folder, name: [json.loads(line) for line in (folder / name).read_text().splitlines()]
+    evals = lambda folder: sorted(map(json.dumps, read(folder, "evals.jsonl")))
+    assert len(read(full, "evals.jsonl")) == 5                                # pre-edit x2, after en, after de x2
+    assert evals(resumed) == evals(full)                                      # the scores, to the last digit
+    evaluated = lambda folder: {(r["after"], r["weights"]) for r in read(folder, "evaluated.jsonl")}
+    assert evaluated(resumed) == evaluated(full) and len(evaluated(full)) == 3  # the weights each evaluation saw
+    assert _batch_rows(resumed) == _batch_rows(full) and len(_batch_rows(full)) == 3
+    (meta_full, state_full), (meta_resumed, state_resumed) = _final_state(full), _final_state(resumed)
+    assert meta_resumed["n_batches"] == meta_full["n_batches"] == 3
+    assert meta_resumed["templates"] == meta_full["templates"]
+    assert set(state_resumed) == set(state_full)
+    for name, tensor in state_full.items():                                   # raw weights and all method state
+        assert torch.equal(state_resumed[name], tensor), name
+    if case not in ("ft",):
+        assert meta_full["key_statistics"] and (full / "checkpoint" / meta_full["key_statistics"]).exists()

@@ -132,6 +132,17 @@ def _portability(side: dict) -> tuple[str | None, str | None]:
     return portability["New Question"], portability["New Answer"]
 
 
+#: The zsRE locality probes are Natural Questions; the reference marks them with this prefix.
+LOCALITY_PREFIX = "nq question: "
+
+
+def locality_question(loc: str) -> str:
+    """The locality prompt as the reference builds it from a record's ``loc`` (AlphaEdit dsets/zsre.py,
+    LangEdit dsets/mzsre.py): ``nq question: `` prefixed where the text lacks it (the English side has
+    it, the other languages not), then ``?`` appended, even after a question mark already there."""
+    return (loc if LOCALITY_PREFIX in loc else LOCALITY_PREFIX + loc) + "?"
+
+
 def build_request(
     case_id: int, language: str, side: dict, english_side: dict, english_twin: EditRequest | None
 ) -> EditRequest | RejectedRecord:
@@ -145,7 +156,8 @@ def build_request(
     return EditRequest(
         case_id=case_id, language=language, prompt=template_from_span(question, location.span),
         subject=question[slice(*location.span)], target=side["alt"], paraphrase=side["rephrase"],
-        locality_prompt=side["loc"], locality_answer=side["loc_ans"], portability_prompt=portability_prompt,
+        locality_prompt=locality_question(side["loc"]), locality_answer=side["loc_ans"],
+        portability_prompt=portability_prompt,
         portability_answer=portability_answer, subject_rule=location.rule, english_twin=english_twin,
         source_subject=side["subject"], dataset="mzsre",
     )

@@ -33,7 +33,8 @@ class EditRequest:
     locate-and-edit methods write); ``source_subject`` is the dataset's own subject field, which may
     differ (see :mod:`langedit.data.subjects`). ``subject_rule`` names the rule that located it.
 
-    ``paraphrase`` and the locality fields are always set for MzsRE; MLaKE has no locality probe and
+    ``paraphrase`` and the locality fields are always set for MzsRE (``locality_prompt`` in the
+    reference's form, see :func:`langedit.data.mzsre.locality_question`); MLaKE has no locality probe and
     a paraphrase only when its edit statement puts the answer after some context. ``english_twin``
     is the English record of the same fact (``None`` for English itself), so cross-lingual metrics
     can pair languages without re-reading files.

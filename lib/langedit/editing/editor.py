@@ -6,15 +6,25 @@
 
 Everything that must persist across batches (original weights, key statistics, the running
 covariance or null-space basis, the sum of edited keys' outer products, the batch counter, the
-context templates) lives on the Editor and can be saved to and loaded from a folder.
+context templates) lives on the Editor and can be saved to and loaded from a folder; a state
+loaded into a new Editor (a new process) continues bit for bit as the uninterrupted Editor would.
+
+Raw and evaluated weights: editing always continues from the *raw* accumulated weights. A method
+may show the model other weights for evaluation (PRUNE: the original plus the restrained raw
+update, as the reference restrains the accumulated update once, when the model is evaluated).
+Between calls (after apply(), load()) the model holds the evaluation weights, so whatever
+evaluates it sees them; apply() puts the raw ones back before editing.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -81,6 +91,8 @@ class Editor:
             keep_in_float32(get_module(self.model, self.arch.mlp_out_name(layer)))
         self.original = {layer: w_out(self.model, layer).detach().clone() for layer in self.layers}
         self._cov0: dict[int, KeyMoment] = {}
+        self._cov0_digest = ""
+        self._raw: dict[int, torch.Tensor] = {}     # raw weights of layers whose evaluation weights differ
         self.edited_kk: dict[int, torch.Tensor] = {}
         self.n_edited = 0
         self.n_batches = 0
@@ -90,13 +102,64 @@ class Editor:
         """W_out of `layer` as [d_value, d_key] (a view of the model's parameter)."""
         return w_out_as_matrix(self.model, layer)
 
+    def original_matrix(self, layer: int) -> torch.Tensor:
+        """The unedited W_out of `layer` as [d_value, d_key]."""
+        original = self.original[layer]
+        return original.T if self.arch.mlp_out_transposed else original
+
+    def raw_weight(self, layer: int) -> torch.Tensor:
+        """W_out of `layer` as [d_value, d_key] with the raw accumulated update (what editing continues
+        from); the model's own weight where the method shows the raw weights for evaluation."""
+        raw = self._raw.get(layer)
+        if raw is None:
+            return self.weight(layer).detach()
+        return raw.T if self.arch.mlp_out_transposed else raw
+
+    def raw_update(self, layer: int) -> torch.Tensor:
+        """The raw accumulated update of `layer`, [d_value, d_key]."""
+        return self.raw_weight(layer) - self.original_matrix(layer)
+
     def add_update(self, layer: int, update: torch.Tensor) -> None:
         with torch.no_grad():
             weight = self.weight(layer)
             weight.add_(update.to(weight.dtype).to(weight.device))
 
+    def add_raw_updates(self, updates: Mapping[int, torch.Tensor]) -> None:
+        """Add updates ([d_value, d_key], by layer) computed elsewhere to the raw weights, then show
+        the model the method's evaluation weights (the summed mode adds languages' updates so)."""
+        self._use_raw_weights()
+        for layer, update in updates.items():
+            self.add_update(layer, update)
+        self._show_evaluation_weights()
+
+    @contextmanager
+    def raw_weights(self) -> Iterator[None]:
+        """Within: the model holds the raw accumulated weights (what editing continues from); after:
+        the evaluation weights again. The same as outside for every method but PRUNE."""
+        self._use_raw_weights()
+        try:
+            yield
+        finally:
+            self._show_evaluation_weights()
+
+    def _use_raw_weights(self) -> None:
+        """Put the raw weights into the model (editing continues from them)."""
+        with torch.no_grad():
+            for layer, raw in self._raw.items():
+                w_out(self.model, layer).copy_(raw)
+        self._raw = {}
+
+    def _show_evaluation_weights(self) -> None:
+        """Keep the raw weights aside and give the model the method's evaluation weights."""
+        shown = self.method.evaluation_weights()
+        with torch.no_grad():
+            for layer, matrix in shown.items():
+                self._raw[layer] = w_out(self.model, layer).detach().clone()
+                self.weight(layer).copy_(matrix.to(self._raw[layer].dtype))
+
     def restore(self) -> None:
         """Put every edited W_out back exactly as it was when the Editor was made."""
+        self._raw = {}
         with torch.no_grad():
             for layer, original in self.original.items():
                 w_out(self.model, layer).copy_(original)
@@ -112,10 +175,12 @@ class Editor:
         """C0 = E[k k^T] of the unedited model's keys at `layer` (disk-cached)."""
         if layer not in self._cov0:
             if self.n_batches:
-                raise RuntimeError("key statistics must be computed before the first edit (they describe the unedited model)")
+                raise RuntimeError("key statistics must be computed before the first edit (they describe the unedited "
+                                   "model); a state saved without them (older code) cannot be continued")
             moments = key_moments(self.model, self.tokenizer, self.arch, self.layers, self.corpus_texts(),
                                   self.hparams.stats_corpus, self.hparams.stats_tokens, self.cache, self.progress)
             self._cov0.update(moments)
+            self._cov0_digest = moments_digest(self._cov0)
         return self._cov0[layer]
 
     def prepare(self) -> None:
@@ -134,6 +199,7 @@ class Editor:
             check_request(request)
             request_language(request)
         self.prepare()
+        self._use_raw_weights()
         before = {layer: self.weight(layer).detach().double().clone() for layer in self.layers}
         previous_kk = {layer: kk.clone() for layer, kk in self.edited_kk.items()}
         report = BatchReport(n_edits=len(requests), seconds=0.0, peak_memory_bytes=0)
@@ -149,6 +215,7 @@ class Editor:
                 report.leakage[layer] = leakage(update, previous_kk[layer])
         self.n_edited += len(requests)
         self.n_batches += 1
+        self._show_evaluation_weights()
         return report
 
     def record_edited_keys(self, requests: Sequence[Request]) -> None:
@@ -167,27 +234,67 @@ class Editor:
 
     # ----- persistence ---------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> None:
-        """Weights of the edited layers and all editor state (safetensors + JSON, no pickle)."""
+        """Raw weights of the edited layers and all editor state (safetensors + JSON, no pickle).
+
+        state.json is the commit point: it names the tensor files of its state, which are written
+        (under new names) before it is replaced, so an interruption at any moment leaves either the
+        old state or the new one. The key statistics C0 (large, fixed for the Editor's life) have
+        their own file, named by their digest and written once."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {f"weight.{l}": w_out(self.model, l).detach().contiguous().cpu() for l in self.layers}
+        statistics = self._save_key_statistics(folder)
+        raw = {l: self._raw.get(l, w_out(self.model, l).detach()) for l in self.layers}
+        tensors = {f"weight.{l}": t.contiguous().cpu() for l, t in raw.items()}
         tensors.update({f"original.{l}": t.contiguous().cpu() for l, t in self.original.items()})
         tensors.update({f"edited_kk.{l}": t.contiguous().cpu() for l, t in self.edited_kk.items()})
         tensors.update({f"method.{k}": v.contiguous().cpu() for k, v in self.method.state().items()})
-        tmp = folder / "state.safetensors.tmp"
-        save_file(tensors, str(tmp))
+        name = f"state-{self.n_batches}-{uuid.uuid4().hex[:8]}.safetensors"
+        _atomic_save_file(tensors, folder / name)
         meta = {"method": self.method_name, "n_edited": self.n_edited, "n_batches": self.n_batches,
-                "hparams": {k: v for k, v in asdict(self.hparams).items()}, "templates": self.templates.state()}
-        (folder / "state.json.tmp").write_text(json.dumps(meta, ensure_ascii=False, indent=1))
-        os.replace(tmp, folder / "state.safetensors")
-        os.replace(folder / "state.json.tmp", folder / "state.json")
+                "hparams": {k: v for k, v in asdict(self.hparams).items()}, "templates": self.templates.state(),
+                "tensors": name, "key_statistics": statistics}
+        tmp = folder / "state.json.tmp"
+        tmp.write_text(json.dumps(meta, ensure_ascii=False, indent=1))
+        os.replace(tmp, folder / "state.json")
+        for stale in [*folder.glob("state*.safetensors"), *folder.glob("key_statistics-*.safetensors")]:
+            if stale.name not in (name, statistics):
+                stale.unlink()
+
+    def _save_key_statistics(self, folder: Path) -> str:
+        """The file name of this Editor's key statistics in `folder` (written if absent); "" if none."""
+        if not self._cov0:
+            return ""
+        name = f"key_statistics-{self._cov0_digest}.safetensors"
+        if not (folder / name).exists():
+            tensors = {f"moment.{l}": m.moment.contiguous().cpu() for l, m in self._cov0.items()}
+            tensors.update({f"n_tokens.{l}": torch.tensor(m.n_tokens) for l, m in self._cov0.items()})
+            _atomic_save_file(tensors, folder / name)
+        return name
+
+    def _load_key_statistics(self, path: Path) -> None:
+        tensors = load_file(str(path))
+        moments = {int(k.split(".")[1]): KeyMoment(v, int(tensors["n_tokens." + k.split(".")[1]].item()))
+                   for k, v in tensors.items() if k.startswith("moment.")}
+        digest = moments_digest(moments)
+        if path.name != f"key_statistics-{digest}.safetensors":
+            raise ValueError(f"{path} does not hold the key statistics its name promises (digest {digest})")
+        self._cov0, self._cov0_digest = moments, digest
 
     def load(self, folder: str | os.PathLike) -> None:
+        """Continue from a saved state: afterwards the next apply() edits exactly as the saved Editor's
+        would have (same raw weights, key statistics, method state, templates, counters)."""
         folder = Path(folder)
         meta = json.loads((folder / "state.json").read_text())
         if meta["method"] != self.method_name:
             raise ValueError(f"{folder} holds a {meta['method']!r} editor, this one is {self.method_name!r}")
-        tensors = load_file(str(folder / "state.safetensors"))
+        tensors = load_file(str(folder / meta.get("tensors", "state.safetensors")))
+        for layer in self.layers:
+            if not torch.equal(tensors[f"original.{layer}"], self.original[layer].cpu()):
+                raise ValueError(f"{folder} was edited from other original weights of layer {layer} than this "
+                                 "Editor's model holds; load a state into an Editor made on the unedited model")
+        if meta.get("key_statistics"):
+            self._load_key_statistics(folder / meta["key_statistics"])
+        self._raw = {}
         with torch.no_grad():
             for layer in self.layers:
                 w_out(self.model, layer).copy_(tensors[f"weight.{layer}"])
@@ -196,6 +303,23 @@ class Editor:
         self.method.load_state({k[len("method."):]: v.to(device) for k, v in tensors.items() if k.startswith("method.")})
         self.n_edited, self.n_batches = meta["n_edited"], meta["n_batches"]
         self.templates.load_state(meta["templates"])
+        self._show_evaluation_weights()
+
+
+def _atomic_save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+def moments_digest(moments: Mapping[int, KeyMoment]) -> str:
+    """SHA-256 over the layers, token counts and exact bytes of the key statistics."""
+    digest = hashlib.sha256()
+    for layer in sorted(moments):
+        moment = moments[layer].moment.detach().contiguous().cpu()
+        digest.update(f"{layer}:{moments[layer].n_tokens}:{moment.dtype}:{tuple(moment.shape)}".encode())
+        digest.update(moment.reshape(-1).view(torch.uint8).numpy())     # the exact bytes, any dtype
+    return digest.hexdigest()[:16]
 
 
 def leakage(update: torch.Tensor, kk: torch.Tensor) -> float:

@@ -44,8 +44,10 @@ class Hparams:
     ft_norm_constraint: float = 5e-4
     # PRUNE: singular values of the accumulated update above max sigma(W0) go through a log
     prune_log_base: float = 2.718281828459045
-    # RECT: fraction of update entries (largest relative change) kept
-    rect_keep_fraction: float = 0.2
+    # RECT: fraction of update entries (largest relative change) kept. 0.4: the AlphaEdit code base the
+    # LangEdit authors ran (memit/memit_rect_main.py, k_percent = 40); RECT's own code keeps 0.2
+    # (JasonForJoy/Model-Editing-Hurt, easyeditor/models/rome/rome_main.py, set_min_to_zero(..., 0.8))
+    rect_keep_fraction: float = 0.4
     source: str = field(default="", compare=False)
 
     @property

@@ -15,9 +15,11 @@ Modes (the paper's comparisons):
 After each language step every language edited so far is evaluated (Efficacy, Generality,
 Specificity, locality agreement with the unedited model; Portability if asked), so interference
 shows over time. Requests without a locality probe (MLaKE) get no Specificity. Each
-finished batch is appended to ``batches.jsonl`` and the editor state saved, so an interrupted run
-resumes from its last finished batch. A run folder belongs to one configuration: reusing it with
-different parameters is an error, never a silently stale result.
+finished batch is appended to ``batches.jsonl`` and the editor state saved (key statistics
+included), so an interrupted run resumes from its last finished batch, in a new process, to the
+same scores and weights bit for bit as an uninterrupted run (tested for every method, also for a
+process killed while saving or evaluating). A run folder belongs to one configuration: reusing it
+with different parameters is an error, never a silently stale result.
 """
 from __future__ import annotations
 
@@ -204,18 +206,24 @@ class SequentialRun:
     def _edit_batches(self, editor: Editor, plan, checkpoint: Path, reference, done_evals,
                       evaluate_after: Callable[[str], Sequence[str]] | None) -> None:
         finished = self._resume(editor, checkpoint)
+        last_of_language = lambda index: index == len(plan) - 1 or plan[index + 1][0] != plan[index][0]
+        if finished and last_of_language(finished - 1) and evaluate_after is not None:
+            # interrupted while evaluating the state just loaded: the missing evaluations are of it
+            language = plan[finished - 1][0]
+            self._evaluate(language, evaluate_after(language), reference, done_evals)
         bar = tqdm(total=len(plan), initial=finished, desc=f"{self.config.method} ({checkpoint.name})",
                    disable=not self.progress, unit="batch")
         for index, (language, batch) in enumerate(plan):
             if index < finished:
                 continue
             report = editor.apply(batch)
-            editor.save(checkpoint)
+            # record first, then the state: a record beyond the saved state is dropped on resume,
+            # a saved state without its record could not be recorded again
             _append_jsonl(self.batches_path, {"checkpoint": checkpoint.name, "batch": index, "language": language,
                                               **report.to_dict()})
+            editor.save(checkpoint)
             bar.update(1)
-            last_of_language = index == len(plan) - 1 or plan[index + 1][0] != language
-            if last_of_language and evaluate_after is not None:
+            if last_of_language(index) and evaluate_after is not None:
                 self._evaluate(language, evaluate_after(language), reference, done_evals)
         bar.close()
 
@@ -254,13 +262,11 @@ class SequentialRun:
                 own = [step for step in plan if step[0] == language]
                 self._edit_batches(editor, own, self.out_dir / f"checkpoint-{language}", reference, done_evals, None)
                 for layer in editor.layers:
-                    delta = editor.weight(layer).detach() - (editor.original[layer].T if editor.arch.mlp_out_transposed
-                                                             else editor.original[layer])
+                    delta = editor.raw_update(layer)     # PRUNE: the raw updates add, restrained once below
                     updates[layer] = delta if layer not in updates else updates[layer] + delta
             finally:
                 editor.restore()
-        for layer, delta in updates.items():
-            editor.add_update(layer, delta)
+        editor.add_raw_updates(updates)
         try:
             self._evaluate("all (summed)", self.order, reference, done_evals)
         finally:

@@ -35,6 +35,12 @@ class Method:
     def after_batch(self, keys_by_layer: dict[int, torch.Tensor]) -> None:
         """Called with the batch's keys, read from the edited model (already added to editor.edited_kk)."""
 
+    def evaluation_weights(self) -> dict[int, torch.Tensor]:
+        """Weights [d_value, d_key] by layer that evaluation should see instead of the raw accumulated
+        ones the model holds now (read them with editor.raw_weight); empty: the raw weights are evaluated.
+        Editing always continues from the raw weights (the Editor swaps them back)."""
+        return {}
+
     def state(self) -> dict[str, torch.Tensor]:
         return {}
 

@@ -3,8 +3,14 @@
 For a batch: optimise residual targets v* at the last edited layer once; then for each edited
 layer l (ascending), read the keys K at l and the residual still missing at the last layer,
 give layer l its share (1 / layers left), map it through the post-MLP norm if the family has one,
-and solve for dW in closed form. Each method differs only in that solve (and PRUNE/RECT in a
-post-processing of the update).
+and solve for dW in closed form. Each method differs only in that solve, except PRUNE and RECT,
+which post-process MEMIT's updates as the reference code (AlphaEdit's baselines) does:
+
+* RECT: all layers' dense MEMIT updates first (each layer solved with the earlier layers' dense
+  updates in place), then each update masked to its largest relative changes |dW / W|; the
+  masked updates are what the batch adds (memit/memit_rect_main.py).
+* PRUNE: editing is plain MEMIT on the raw accumulated weights; only the weights the model is
+  evaluated with restrain the accumulated update W - W0 (experiments/evaluate.py, MEMIT_prune).
 """
 from __future__ import annotations
 
@@ -49,6 +55,7 @@ class MultiLayerMethod(Method):
         bare = bare_batch(ed.tokenizer, requests)
         last = ed.arch.layer_name(self.hp.value_layer)
         self._batch_keys = {}
+        updates = {}
         for index, layer in enumerate(self.layers):
             keys = compute_keys(ed.model, ed.tokenizer, ed.arch, requests, layer, templates)
             self._batch_keys[layer] = keys
@@ -56,19 +63,16 @@ class MultiLayerMethod(Method):
             now = read_at_lookup(ed.model, bare, [last, out_name])
             share = (targets - now[last]) / (len(self.layers) - index)
             resid = residual_to_value_shift(ed.model, ed.arch, layer, now[out_name], share, self.hp.residual_damping)
-            update = self.solve(layer, keys, resid)
-            ed.add_update(layer, self.postprocess(layer, update))
-            self.after_layer(layer)
+            updates[layer] = self.solve(layer, keys, resid)
+            ed.add_update(layer, updates[layer])
+        self.after_updates(updates)
         self.report_extra(report)
 
     def solve(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def postprocess(self, layer: int, update: torch.Tensor) -> torch.Tensor:
-        return update
-
-    def after_layer(self, layer: int) -> None:
-        pass
+    def after_updates(self, updates: dict[int, torch.Tensor]) -> None:
+        """Called with every layer's update of the batch (float64), once all are in the model."""
 
     def report_extra(self, report) -> None:
         pass
@@ -82,27 +86,45 @@ class Memit(MultiLayerMethod):
 
 
 class Rect(Memit):
-    """RECT: MEMIT's update with only the largest relative changes kept."""
+    """RECT: MEMIT's dense updates of all layers, then only each update's largest relative changes kept.
+
+    The mask is taken after every layer was solved with the earlier layers' *dense* updates in
+    place, so no layer compensates for what the mask removes elsewhere (the reference's order).
+    The relative change is measured against the weights before the batch."""
     name = "rect"
 
-    def postprocess(self, layer, update):
-        return rect_sparsify(update, self.editor.weight(layer).detach(), self.hp.rect_keep_fraction)
+    def apply(self, requests, report):
+        self._before = {layer: self.editor.weight(layer).detach().clone() for layer in self.layers}
+        super().apply(requests, report)
+
+    def after_updates(self, updates):
+        ed = self.editor
+        with torch.no_grad():
+            for layer, update in updates.items():
+                before = self._before[layer]
+                ed.weight(layer).copy_(before)
+                ed.add_update(layer, rect_sparsify(update, before, self.hp.rect_keep_fraction))
+        self._before = {}
+
+    def keys_of_batch(self):
+        # the keys were read with the dense updates of earlier layers in place, not the masked ones
+        return {}
 
 
 class Prune(Memit):
-    """PRUNE: after each batch, restrain the accumulated update's singular values above max sigma(W0)."""
+    """PRUNE: MEMIT on the raw weights; evaluation sees W0 + the accumulated update with its singular
+    values above max sigma(W0) restrained, computed from the raw accumulated update each time."""
     name = "prune"
 
-    def after_layer(self, layer):
+    def evaluation_weights(self):
         ed = self.editor
-        original = ed.original[layer]
-        original = original.T if ed.arch.mlp_out_transposed else original
-        bound = float(torch.linalg.matrix_norm(original.double(), ord=2))
-        total = ed.weight(layer).detach().double() - original.double()
-        restrained = prune_restrain(total, bound, self.hp.prune_log_base)
-        with torch.no_grad():
-            weight = ed.weight(layer)
-            weight.copy_((original.double() + restrained).to(weight.dtype))
+        shown = {}
+        for layer in self.layers:
+            original = ed.original_matrix(layer).double()
+            bound = float(torch.linalg.matrix_norm(original, ord=2))
+            total = ed.raw_weight(layer).double() - original
+            shown[layer] = original + prune_restrain(total, bound, self.hp.prune_log_base)
+        return shown
 
 
 class NullSpaceMethod(MultiLayerMethod):

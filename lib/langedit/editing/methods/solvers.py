@@ -5,6 +5,8 @@ the papers' column convention K_c = K^T, R_c = R^T.
 """
 from __future__ import annotations
 
+from fractions import Fraction
+
 import torch
 
 
@@ -48,12 +50,20 @@ def prune_restrain(total_update: torch.Tensor, sigma_bound: float, base: float) 
     return (u * restrained) @ vh
 
 
+#: RECT's guard against zero weights in |dW / (W + eps)| (the reference's epsilon).
+RECT_EPSILON = 1e-8
+
+
 def rect_sparsify(update: torch.Tensor, weight: torch.Tensor, keep_fraction: float) -> torch.Tensor:
-    """RECT: keep the `keep_fraction` of entries with the largest relative change |dW / W|, zero the rest."""
+    """RECT: keep the entries whose relative change |dW / (W + eps)| is at least its
+    floor((1 - keep_fraction) n)-th smallest value (of n), zero the rest; the reference's threshold
+    rule (AlphaEdit memit_rect_main.py: kthvalue, then >=), so about `keep_fraction` of the entries."""
     if not 0.0 < keep_fraction <= 1.0:
         raise ValueError(f"rect_keep_fraction must be in (0, 1], got {keep_fraction}")
-    relative = (update.double() / weight.double().abs().clamp_min(1e-12)).abs().reshape(-1)
-    n_keep = int(round(keep_fraction * relative.numel()))
-    mask = torch.zeros_like(relative, dtype=torch.bool)
-    mask[torch.topk(relative, n_keep).indices] = True
-    return update * mask.view_as(update)
+    relative = (update.double() / (weight + RECT_EPSILON).double()).abs().reshape(-1)   # W + eps in W's dtype, as there
+    # exact rational arithmetic: 0.6 * n in floats can fall just below an integer and drop one more entry
+    rank = int(relative.numel() * (1 - Fraction(str(keep_fraction))))
+    if rank == 0:
+        return update.clone()
+    threshold = torch.kthvalue(relative, rank).values
+    return update * (relative >= threshold).view_as(update)
