@@ -5,6 +5,11 @@ settings, results compared). Prints figures; asserts nothing.
     .venv/bin/python benchmarks/bench_editing.py                      # all methods (batch 10) + the 100-edit speed-up
     .venv/bin/python benchmarks/bench_editing.py --methods --speedup-edits 100   # only the speed-up
     .venv/bin/python benchmarks/bench_editing.py --model meta-llama/Meta-Llama-3-8B --device cuda --dtype bfloat16
+    .venv/bin/python benchmarks/bench_editing.py --config llama3-8b --device cuda    # random weights, bf16: cost only
+
+With --config NAME (llama3-8b, qwen2.5-7b, gpt-j-6b) the model is built from that named
+configuration with random weights (langedit.models.named): time and memory are the real model's,
+Efficacy and the other scores mean nothing.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import time
 import torch
 
 from langedit import load_model
+from langedit.models.named import NAMED_CONFIGS, build_named_model
 from langedit.data import load_mzsre
 from langedit.editing import METHODS, Editor
 from langedit.editing.metrics import edit_metrics
@@ -24,8 +30,13 @@ from langedit.editing.values import compute_values
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--config", choices=sorted(NAMED_CONFIGS),
+                        help="instead of --model: random weights of this named configuration (cost only)")
+    parser.add_argument("--config-layers", type=int, help="with --config: this many blocks (a scaled-down check)")
+    parser.add_argument("--config-width-divisor", type=int, default=1,
+                        help="with --config: widths and head counts divided by this (a scaled-down check)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", help="default float32, with --config bfloat16")
     parser.add_argument("--language", default="en")
     parser.add_argument("--batch-size", type=int, default=10, help="edits per batch in the per-method table")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
@@ -89,9 +100,22 @@ def speedup(lm, requests, n_reference: int) -> None:
           f"max relative difference of v* batched vs per-request {difference:.1e}")
 
 
+def load(args):
+    """The model to measure; with --config its random-weight build, announced as such."""
+    if args.config is None:
+        return load_model(args.model, device=args.device, dtype=args.dtype or "float32")
+    lm = build_named_model(args.config, device=args.device, dtype=args.dtype or "bfloat16",
+                           seed=args.seed, n_layers=args.config_layers, width_divisor=args.config_width_divisor)
+    print(f"random weights: cost only. {lm.name}: {sum(p.numel() for p in lm.model.parameters()) / 1e9:.2f} B parameters, "
+          f"vocabulary {lm.model.config.vocab_size} (Gemma-3 tokenizer cut to it). Efficacy, generality and "
+          f"specificity printed below mean nothing on random weights.", flush=True)
+    args.model, args.dtype = lm.name, args.dtype or "bfloat16"
+    return lm
+
+
 def main() -> None:
     args = parse()
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    lm = load(args)
     n = max(args.batch_size if args.methods else 0, args.speedup_edits)
     requests = load_mzsre([args.language], n_per_language=n, seed=args.seed, verbose=False)[args.language]
     print(f"model {args.model} on {args.device} ({args.dtype}), torch threads {torch.get_num_threads()}, "
@@ -100,6 +124,8 @@ def main() -> None:
         method_table(lm, requests[:args.batch_size], args.methods)
     if args.speedup_edits:
         speedup(lm, requests[:args.speedup_edits], args.reference_requests)
+    if args.config:
+        print("random weights: cost only (the scores above mean nothing)")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ class BatchReport:
     null_dimension: dict[int, int] = field(default_factory=dict)  # kept dimension of P, null-space methods
     value_seconds: float = 0.0                                    # of `seconds`: the value-target optimisation
     added_memory_bytes: int = 0                                   # peak minus what was held when the batch began
+    value_steps: list[int] = field(default_factory=list)          # loss evaluations of each request's v* (batch order)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -9,8 +9,9 @@ Per request b, with delta_b added at the subject's last token of every prompt at
            + weight_decay * ||delta_b|| / ||h_b||^2
 
 Each row only sees its own delta, the total loss is the sum over rows and Adam is elementwise,
-so optimising [B, d] at once gives each row exactly the trajectory it would get alone. Rows stop
-individually (loss below `early_stop_loss`); the norm clamp is per row.
+so optimising [B, d] at once gives each row exactly the trajectory it would get alone. Requests stop
+individually (loss below `early_stop_loss`); a stopped request's rows leave the later steps' forward
+and backward, so it costs nothing more. The norm clamp is per row.
 
 What makes it cheap: nothing before a row's subject-last token depends on delta (attention is
 causal), so each row is split there. The prefix runs once, without gradient, through all layers
@@ -156,9 +157,21 @@ def _suffix_width(problem: ValueProblem, request: int) -> int:
     return int((problem.attention_mask[rows].sum(1) - problem.lookup[rows]).max())
 
 
+@dataclass
+class ValueTargets:
+    """What :func:`compute_values` returns. Iterates as ``(values, states)``."""
+    values: torch.Tensor   # [B, d] float32: v* = h + delta
+    states: torch.Tensor   # [B, d] float32: h, the residual state at layer L before editing
+    steps: list[int]       # per request: how many times its loss was evaluated (1..settings.steps)
+
+    def __iter__(self):  # `v, h = compute_values(...)` as before the step counts were returned
+        return iter((self.values, self.states))
+
+
 def compute_values(model, tokenizer, arch, requests: Sequence[Request], templates: Sequence[list[list[str]]],
-                   settings: ValueSettings, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(v*, h): residual targets and current residual states at layer L for each request, [B, d] float32."""
+                   settings: ValueSettings, progress: bool = True) -> ValueTargets:
+    """v*, h (residual targets and current residual states at layer L, [B, d] float32) and the
+    number of loss evaluations each request took before it stopped."""
     if len(requests) == 0:
         raise ValueError("compute_values needs at least one request")
     device = next(model.parameters()).device
@@ -179,18 +192,20 @@ def compute_values(model, tokenizer, arch, requests: Sequence[Request], template
     optimizer = torch.optim.Adam([delta], lr=settings.lr)
     max_norm = settings.clamp_norm_factor * h.norm(dim=1)
     active = torch.ones(len(requests), dtype=torch.bool)
+    steps = torch.zeros(len(requests), dtype=torch.long)
     bar = tqdm(range(settings.steps), desc=f"value targets ({len(requests)} edits)", disable=not progress, leave=False)
     for step in bar:
         last_step = step == settings.steps - 1
         optimizer.zero_grad()
+        # A stopped request never resumes, so its rows leave the chunk for good: later steps run
+        # only active requests (each row's trajectory is independent of the others').
+        chunks = [_keep_active(chunk, active, device) for chunk in chunks if active[chunk.requests].any()]
         evaluated = active.clone()
         losses = torch.zeros(len(requests))
         for chunk in chunks:  # gradients of chunks add up: the step does not depend on chunking
-            on = evaluated[chunk.requests]
-            if not on.any():
-                continue
             loss_each = _chunk_loss(model, arch, chunk, delta, h, settings, layer_name, arity, device)
-            counted = chunk.requests[on]
+            counted = chunk.requests
+            steps[counted] += 1
             losses[counted] = loss_each.detach()[counted.to(device)].cpu()
             active[counted[losses[counted] < settings.early_stop_loss]] = False
             if not last_step and active[chunk.requests].any():  # as the reference: no update after the last loss
@@ -207,7 +222,28 @@ def compute_values(model, tokenizer, arch, requests: Sequence[Request], template
             norms = delta.norm(dim=1)
             scale = torch.where(norms > max_norm, max_norm / norms.clamp_min(1e-12), torch.ones_like(norms))
             delta.mul_(scale[:, None])
-    return (h + delta.detach()).float(), h
+    return ValueTargets((h + delta.detach()).float(), h, steps.tolist())
+
+
+def _keep_active(chunk: _Chunk, active: torch.Tensor, device) -> _Chunk:
+    """`chunk` without the rows (prompts and KL prompt) of requests that have stopped, and without
+    the suffix columns only their rows used; the chunk itself when all its requests are active."""
+    keep_requests = active[chunk.requests]
+    if keep_requests.all():
+        return chunk
+    rows = active[chunk.owner].nonzero().squeeze(1)
+    local_of = torch.full((len(chunk.owner),), -1, dtype=torch.long)
+    local_of[rows] = torch.arange(len(rows))
+    t_keep, kl_keep = local_of[chunk.target_rows] >= 0, local_of[chunk.kl_rows] >= 0
+    width_p = chunk.attention_mask.shape[1] - chunk.suffix_ids.shape[1]
+    width_s = int(chunk.attention_mask[rows, width_p:].sum(1).max())
+    on_device = rows.to(device)
+    chunk.prefix_cache.batch_select_indices(on_device)  # new tensors: the old rows are freed
+    return _Chunk(chunk.requests[keep_requests], chunk.owner[rows], chunk.suffix_ids[rows, :width_s],
+                  chunk.position_ids[rows, :width_s], chunk.attention_mask[rows, :width_p + width_s],
+                  chunk.prefix_cache, chunk.at_layer[on_device, :width_s], local_of[chunk.target_rows[t_keep]],
+                  chunk.target_pos[t_keep], chunk.target_tok[t_keep], chunk.target_weight[t_keep],
+                  local_of[chunk.kl_rows[kl_keep]], chunk.kl_init[kl_keep.to(device)])
 
 
 def _chunk_loss(model, arch, chunk: _Chunk, delta: torch.Tensor, h: torch.Tensor, settings: ValueSettings,

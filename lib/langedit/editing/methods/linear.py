@@ -50,8 +50,10 @@ class MultiLayerMethod(Method):
         ed = self.editor
         templates = ed.templates_for(requests)
         start = time.perf_counter()
-        targets, _ = compute_values(ed.model, ed.tokenizer, ed.arch, requests, templates, self.value_settings(), ed.progress)
+        found = compute_values(ed.model, ed.tokenizer, ed.arch, requests, templates, self.value_settings(), ed.progress)
         report.value_seconds += time.perf_counter() - start
+        targets = found.values
+        report.value_steps += found.steps
         bare = bare_batch(ed.tokenizer, requests)
         last = ed.arch.layer_name(self.hp.value_layer)
         self._batch_keys = {}

@@ -29,8 +29,10 @@ class Rome(Method):
         for request in requests:
             templates = ed.templates_for([request])
             start = time.perf_counter()
-            target, _ = compute_values(ed.model, ed.tokenizer, ed.arch, [request], templates, settings, progress=False)
+            found = compute_values(ed.model, ed.tokenizer, ed.arch, [request], templates, settings, progress=False)
             report.value_seconds += time.perf_counter() - start
+            target = found.values
+            report.value_steps += found.steps
             key = compute_keys(ed.model, ed.tokenizer, ed.arch, [request], layer, templates)[0]
             names = [ed.arch.layer_name(layer), ed.arch.mlp_out_name(layer)]
             now = read_at_lookup(ed.model, bare_batch(ed.tokenizer, [request]), names)
