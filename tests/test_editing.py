@@ -209,7 +209,7 @@ def test_rms_norm_damped_step_by_woodbury_equals_the_dense_solve(monkeypatch):
 def tiny_editor(tok, method, cache, **overrides):
     lm = build_tiny_model("gemma3_text", tokenizer=tok)
     hp = load_hparams(method, "gemma3", layers=[1, 2], rome_layer=2, ft_layer=2, v_steps=4, v_lr=0.5,
-                      stats_tokens=300, **overrides)
+                      rome_v_steps=4, rome_template_lengths=[[3, 5]], stats_tokens=300, **overrides)
     return lm, Editor(lm, method=method, hparams=hp, corpus_texts=CORPUS, progress=False, cache=cache)
 
 

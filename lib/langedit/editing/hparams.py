@@ -35,13 +35,23 @@ class Hparams:
     paper_ridge: float = 1.0                # LangEdit (paper / incremental): the "+ I" of the closed form
     langedit_variant: str = "released"
     residual_damping: float = 1e-3          # post-MLP-norm models only, see editing.residual
-    # ROME
+    # ROME (kmeng01/rome; AlphaEdit's copy): v* at W_out's output, its own templates and settings
     rome_layer: int | None = None
-    # FT (constrained fine-tuning of one W_out)
+    rome_v_steps: int = 20
+    rome_v_lr: float = 0.5
+    rome_clamp_norm_factor: float = 4.0
+    rome_kl_factor: float = 0.0625
+    rome_v_weight_decay: float = 0.5
+    rome_mom2_adjustment: bool = True       # u = C0^-1 k (False: u = k, AlphaEdit's Llama3-8B setting)
+    rome_template_lengths: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))   # (tokens, templates) pairs
+    # FT (kmeng01/rome baselines/ft): every target token predicted at the prompt's last position
     ft_layer: int | None = None
     ft_lr: float = 5e-4
     ft_steps: int = 25
-    ft_norm_constraint: float = 5e-4
+    ft_norm_constraint: float | None = 5e-4  # each W_out entry within +-this of its value before the batch; None: free
+    ft_weight_decay: float = 0.0            # Adam's
+    ft_batch_size: int = 128                # prompts per optimiser step
+    ft_early_stop_loss: float = 1e-2        # a batch below it takes no step; a pass below it ends FT
     # PRUNE: singular values of the accumulated update above max sigma(W0) go through a log
     prune_log_base: float = 2.718281828459045
     # RECT: fraction of update entries (largest relative change) kept. 0.4: the AlphaEdit code base the
@@ -66,6 +76,8 @@ class Hparams:
         _check_keys(overrides, "overrides")
         if "layers" in overrides:
             overrides["layers"] = tuple(overrides["layers"])
+        if "rome_template_lengths" in overrides:
+            overrides["rome_template_lengths"] = tuple(tuple(pair) for pair in overrides["rome_template_lengths"])
         return replace(self, **overrides)
 
 
@@ -94,6 +106,8 @@ def load_hparams(method: str, family: str, **overrides) -> Hparams:
     if "layers" not in values:
         raise ValueError(f"hparams/{family}.json gives no 'layers' for {method}")
     values["layers"] = tuple(values["layers"])
+    if "rome_template_lengths" in values:
+        values["rome_template_lengths"] = tuple(tuple(pair) for pair in values["rome_template_lengths"])
     hp = Hparams(**values, source=f"hparams/{family}.json[{method}]").with_overrides(**overrides)
     if hp.langedit_variant not in LANGEDIT_VARIANTS:
         raise ValueError(f"unknown LangEdit variant {hp.langedit_variant!r}; choose from {LANGEDIT_VARIANTS}")

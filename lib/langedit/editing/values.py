@@ -1,12 +1,14 @@
-"""Value targets v*: the residual-stream state at the last edited layer that makes the model say
-the new target, found by optimising a shift delta added there (MEMIT's compute_z), for a whole
-batch of requests at once.
+"""Value targets v*: the state at the last edited layer that makes the model say the new target,
+found by optimising a shift delta added there, for a whole batch of requests at once. The state is
+the residual stream, block L's output (MEMIT's compute_z; `delta_at="layer"`), or W_out's own
+output at layer L (ROME's compute_v; `delta_at="mlp_out"`: on Gemma-2/3 that is before the
+post-feed-forward norm, so v* is directly what W_out must produce).
 
-Per request b, with delta_b added at the subject's last token of every prompt at layer L:
+Per request b, with delta_b added at the subject's last token of every prompt at that state:
 
     loss_b = mean over templated prompts of  -log p(target | prompt)   (per-token average)
            + kl_factor * KL(p_new || p_init) at the subject of "{subject} is a"
-           + weight_decay * ||delta_b|| / ||h_b||^2
+           + weight_decay * ||delta_b|| / ||h_b||^2     (h_b: the state on the bare prompt)
 
 Each row only sees its own delta, the total loss is the sum over rows and Adam is elementwise,
 so optimising [B, d] at once gives each row exactly the trajectory it would get alone. Requests stop
@@ -15,8 +17,9 @@ and backward, so it costs nothing more. The norm clamp is per row.
 
 What makes it cheap: nothing before a row's subject-last token depends on delta (attention is
 causal), so each row is split there. The prefix runs once, without gradient, through all layers
-and is kept as past keys/values; layers <= L of the suffix run once too. A step runs only the
-suffix through layers > L, and the unembedding only at the target and KL positions.
+and is kept as past keys/values; the blocks of the suffix below the one delta enters run once too
+(<= L for the residual, < L for W_out's output, whose block L must run again). A step runs only
+the suffix from there on, and the unembedding only at the target and KL positions.
 """
 from __future__ import annotations
 
@@ -27,16 +30,18 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..hooks import Trace
+from ..hooks import TraceDict
 from .forward import final_hidden, head_terms, new_cache, record_block_arity, replay_layers, unembed
 from .tokens import Request, encode, fill, target_ids
 
 KL_PROMPT = "{} is a"
+#: Where delta is added at layer L: block L's output (the residual stream) or W_out's output.
+DELTA_SITES = ("layer", "mlp_out")
 
 
 @dataclass(frozen=True)
 class ValueSettings:
-    layer: int                 # the last edited layer: delta is added to its output
+    layer: int                 # the last edited layer: delta is added to its output (or its W_out's)
     steps: int = 25
     lr: float = 0.1
     clamp_norm_factor: float = 0.75
@@ -44,6 +49,18 @@ class ValueSettings:
     weight_decay: float = 0.5
     early_stop_loss: float = 5e-2
     chunk_requests: int = 16   # requests per forward/backward (memory bound only; results do not depend on it)
+    delta_at: str = "layer"    # one of DELTA_SITES
+
+    def __post_init__(self) -> None:
+        if self.delta_at not in DELTA_SITES:
+            raise ValueError(f"unknown value-target site delta_at={self.delta_at!r}; choose from {DELTA_SITES}")
+
+
+def delta_site(arch, settings: ValueSettings) -> tuple[str, int]:
+    """(module whose output delta is added to, last block whose cached output a step replays; -1: none)."""
+    if settings.delta_at == "layer":
+        return arch.layer_name(settings.layer), settings.layer
+    return arch.mlp_out_name(settings.layer), settings.layer - 1
 
 
 @dataclass
@@ -93,14 +110,16 @@ def build_problem(tokenizer, requests: Sequence[Request], templates: Sequence[li
 @dataclass
 class _Chunk:
     """Rows of some requests split at the subject's last token: the prefix before it never sees
-    delta, so its keys/values are computed once; each step runs only the suffix from layer L on."""
+    delta, so its keys/values are computed once; each step runs only the suffix from the block
+    delta enters on."""
     requests: torch.Tensor       # [b] request indices
     owner: torch.Tensor          # [n] request index per row
     suffix_ids: torch.Tensor     # [n, S] the row from its subject's last token on (right padded)
     position_ids: torch.Tensor   # [n, S] positions of those tokens in the full row
     attention_mask: torch.Tensor # [n, P + S] prefix columns, then suffix columns
     prefix_cache: object         # past key/values of the prefixes (all layers, no grad)
-    at_layer: torch.Tensor       # [n, S, d] block-L output on the suffix without delta
+    at_layer: torch.Tensor | None  # [n, S, d] output of the replayed block on the suffix (None: no block replayed)
+    at_site: torch.Tensor        # [n, d] output of delta's module at the subject's last token, without delta
     target_rows: torch.Tensor    # [m] local row, suffix position, token and weight of each target token
     target_pos: torch.Tensor
     target_tok: torch.Tensor
@@ -109,7 +128,7 @@ class _Chunk:
     kl_init: torch.Tensor        # [b', V] their log-probabilities before editing
 
 
-def _prepare_chunk(model, arch, problem: ValueProblem, requests_in: torch.Tensor, layer_name: str,
+def _prepare_chunk(model, arch, problem: ValueProblem, requests_in: torch.Tensor, site: tuple[str, int],
                    device) -> _Chunk:
     to_dev = lambda t: t.to(device)
     rows = torch.isin(problem.owner, requests_in).nonzero().squeeze(1)
@@ -143,12 +162,15 @@ def _prepare_chunk(model, arch, problem: ValueProblem, requests_in: torch.Tensor
     cache = new_cache(model)
     with torch.no_grad():
         final_hidden(model, arch, to_dev(prefix_ids), to_dev(prefix_pass_mask), past_key_values=cache, use_cache=True)
-        with Trace(model, layer_name) as block_l:
+        site_name, replayed = site
+        names = [site_name] + ([arch.layer_name(replayed)] if replayed >= 0 else [])
+        with TraceDict(model, names) as traces:
             hidden = final_hidden(model, arch, to_dev(suffix_ids), to_dev(attention_mask),
                                   position_ids=to_dev(position_ids), past_key_values=copy.deepcopy(cache), use_cache=True)
         kl_init = torch.log_softmax(unembed(model, arch, hidden[to_dev(kl_rows), 0]), -1)
-    return _Chunk(requests_in, problem.owner[rows], suffix_ids, position_ids, attention_mask, cache, block_l.output,
-                  t_rows, problem.target_pos[t_keep] - split[t_rows], problem.target_tok[t_keep],
+    at_layer = traces[arch.layer_name(replayed)].output if replayed >= 0 else None
+    return _Chunk(requests_in, problem.owner[rows], suffix_ids, position_ids, attention_mask, cache, at_layer,
+                  traces[site_name].output[:, 0], t_rows, problem.target_pos[t_keep] - split[t_rows], problem.target_tok[t_keep],
                   problem.target_weight[t_keep], kl_rows, kl_init)
 
 
@@ -161,7 +183,7 @@ def _suffix_width(problem: ValueProblem, request: int) -> int:
 class ValueTargets:
     """What :func:`compute_values` returns. Iterates as ``(values, states)``."""
     values: torch.Tensor   # [B, d] float32: v* = h + delta
-    states: torch.Tensor   # [B, d] float32: h, the residual state at layer L before editing
+    states: torch.Tensor   # [B, d] float32: h, the state at layer L (delta's site) before editing
     steps: list[int]       # per request: how many times its loss was evaluated (1..settings.steps)
 
     def __iter__(self):  # `v, h = compute_values(...)` as before the step counts were returned
@@ -170,23 +192,24 @@ class ValueTargets:
 
 def compute_values(model, tokenizer, arch, requests: Sequence[Request], templates: Sequence[list[list[str]]],
                    settings: ValueSettings, progress: bool = True) -> ValueTargets:
-    """v*, h (residual targets and current residual states at layer L, [B, d] float32) and the
-    number of loss evaluations each request took before it stopped."""
+    """v*, h (targets and current states at layer L: the residual stream or W_out's output, as
+    `settings.delta_at` says; [B, d] float32) and the number of loss evaluations each request took
+    before it stopped."""
     if len(requests) == 0:
         raise ValueError("compute_values needs at least one request")
     device = next(model.parameters()).device
     problem = build_problem(tokenizer, requests, templates)
-    layer_name = arch.layer_name(settings.layer)
+    site = delta_site(arch, settings)
 
     # Requests of similar suffix length share a chunk (less padding); chunks bound the memory.
     order = torch.tensor(sorted(range(len(requests)), key=lambda b: _suffix_width(problem, b)))
     with record_block_arity(model, arch, settings.layer) as arity:
-        chunks = [_prepare_chunk(model, arch, problem, part, layer_name, device)
+        chunks = [_prepare_chunk(model, arch, problem, part, site, device)
                   for part in order.split(settings.chunk_requests)]
-    h = torch.zeros(len(requests), chunks[0].at_layer.shape[-1], device=device)
+    h = torch.zeros(len(requests), chunks[0].at_site.shape[-1], device=device)
     for chunk in chunks:  # the bare prompt (first row of each request) at its subject's last token
         first = torch.tensor([(chunk.owner == b).nonzero()[0].item() for b in chunk.requests.tolist()])
-        h[chunk.requests.to(device)] = chunk.at_layer[first.to(device), 0].float()
+        h[chunk.requests.to(device)] = chunk.at_site[first.to(device)].float()
 
     delta = torch.zeros_like(h, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=settings.lr)
@@ -203,7 +226,7 @@ def compute_values(model, tokenizer, arch, requests: Sequence[Request], template
         evaluated = active.clone()
         losses = torch.zeros(len(requests))
         for chunk in chunks:  # gradients of chunks add up: the step does not depend on chunking
-            loss_each = _chunk_loss(model, arch, chunk, delta, h, settings, layer_name, arity, device)
+            loss_each = _chunk_loss(model, arch, chunk, delta, h, settings, site, arity, device)
             counted = chunk.requests
             steps[counted] += 1
             losses[counted] = loss_each.detach()[counted.to(device)].cpu()
@@ -241,24 +264,33 @@ def _keep_active(chunk: _Chunk, active: torch.Tensor, device) -> _Chunk:
     chunk.prefix_cache.batch_select_indices(on_device)  # new tensors: the old rows are freed
     return _Chunk(chunk.requests[keep_requests], chunk.owner[rows], chunk.suffix_ids[rows, :width_s],
                   chunk.position_ids[rows, :width_s], chunk.attention_mask[rows, :width_p + width_s],
-                  chunk.prefix_cache, chunk.at_layer[on_device, :width_s], local_of[chunk.target_rows[t_keep]],
+                  chunk.prefix_cache, None if chunk.at_layer is None else chunk.at_layer[on_device, :width_s],
+                  chunk.at_site[on_device], local_of[chunk.target_rows[t_keep]],
                   chunk.target_pos[t_keep], chunk.target_tok[t_keep], chunk.target_weight[t_keep],
                   local_of[chunk.kl_rows[kl_keep]], chunk.kl_init[kl_keep.to(device)])
 
 
 def _chunk_loss(model, arch, chunk: _Chunk, delta: torch.Tensor, h: torch.Tensor, settings: ValueSettings,
-                layer_name: str, arity, device) -> torch.Tensor:
+                site: tuple[str, int], arity, device) -> torch.Tensor:
     """loss_b for the requests of `chunk` (zero elsewhere), [B], differentiable in delta."""
     to_dev = lambda t: t.to(device)
     n_requests = len(h)
     owner = to_dev(chunk.owner)
 
-    def inject(output: torch.Tensor) -> torch.Tensor:
-        shift = torch.zeros_like(chunk.at_layer)
-        shift[:, 0] = delta[owner].to(shift.dtype)  # every suffix starts at the subject's last token
-        return chunk.at_layer + shift
+    site_name, replayed = site
+    replayed_name = arch.layer_name(replayed) if replayed >= 0 else None
 
-    with replay_layers(model, arch, settings.layer, arity), Trace(model, layer_name, edit_output=inject, retain_output=False):
+    def inject(output: torch.Tensor, name: str) -> torch.Tensor:
+        if name == replayed_name:   # the replayed blocks passed their input through: supply their output
+            output = chunk.at_layer
+        if name == site_name:
+            shift = torch.zeros_like(output)
+            shift[:, 0] = delta[owner].to(shift.dtype)  # every suffix starts at the subject's last token
+            output = output + shift
+        return output
+
+    names = [site_name] + ([replayed_name] if replayed_name else [])
+    with replay_layers(model, arch, replayed, arity), TraceDict(model, names, edit_output=inject, retain_output=False):
         hidden = final_hidden(model, arch, to_dev(chunk.suffix_ids), to_dev(chunk.attention_mask),
                               position_ids=to_dev(chunk.position_ids), past_key_values=copy.deepcopy(chunk.prefix_cache),
                               use_cache=True)
