@@ -214,3 +214,14 @@ def test_editor_reads_statistics_as_its_hyperparameters_say(default_tokenizer, t
 def test_corpus_object_identity_is_the_texts():
     assert open_corpus(TEXTS).identity == open_corpus(list(TEXTS)).identity
     assert open_corpus(TEXTS).identity != open_corpus(TEXTS[:-1]).identity
+
+
+def test_window_is_at_most_the_model_context(default_tokenizer):
+    lm = build_tiny_model("gpt2", tokenizer=default_tokenizer)   # 256 positions
+    assert StatsSettings(window=1024).for_model(lm.model).window == 256
+    assert StatsSettings(window=100).for_model(lm.model).window == 100
+    long_text = [" ".join(["word"] * 300)]
+    moment = accumulate_key_moments(lm.model, default_tokenizer, lm.arch, [1], long_text,
+                                    StatsSettings(n_tokens=None, window=1024), progress=False)[1]
+    keys, _ = direct_keys(lm, default_tokenizer, 1, long_text, 256, "windows")
+    assert moment.n_windows == 2 and moment.n_tokens == len(keys) and close(moment.moment, mean_outer(keys))
