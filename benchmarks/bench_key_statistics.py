@@ -10,6 +10,8 @@ batch of English MzsRE edits per method with each C0 (value targets v* do not de
 they are optimised once and reused: the model is restored bit for bit between runs).
 
 Writes one CSV row per (C0 variant, layer), the Efficacy columns repeated on the rows of a variant.
+Measured (Gemma-3-270M, 2 CPU cores shared with other jobs): the 100,000-token pass 589 s, the
+whole default run 31 min wall, 19 min CPU (results/benchmarks/key_statistics_budget_gemma-3-270m_cpu.txt).
 
     .venv/bin/python benchmarks/bench_key_statistics.py                       # 20k, 50k, 100k tokens
     .venv/bin/python benchmarks/bench_key_statistics.py --budgets 20000 100000 200000 all --device cuda
