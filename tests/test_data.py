@@ -20,6 +20,7 @@ from langedit.data import (LANGUAGES, RULES, ChecksumMismatchError, DataDirector
                            subject_location_report, subject_token_range, template_from_span)
 from langedit.data import download as download_module
 from langedit.data.mlake import locate_shared_span, statement_without_answer
+from langedit.data.corpus import CorpusSpecError, CorpusUnavailableError, open_corpus
 from langedit.data.mzsre import parse_pairs, read_pairs, sample_case_ids
 from langedit.data.subjects import ENGLISH, EXACT, FUZZY, NORMALIZED, SHARED_SPAN, UNLOCATED
 from langedit.paths import data_dir
@@ -239,6 +240,43 @@ def test_load_mzsre_seed_determinism():
 
 
 @needs_data
+def test_disjoint_design_gives_each_language_different_facts():
+    disjoint = load_mzsre(LANGUAGES, n_per_language=20, seed=0, design="disjoint", verbose=False)
+    ids = {language: [r.case_id for r in requests] for language, requests in disjoint.items()}
+    assert all(len(v) == 20 == len(set(v)) for v in ids.values())
+    every = [c for v in ids.values() for c in v]
+    assert len(every) == len(set(every)) == 120   # no fact edited in two languages
+    parallel = load_mzsre(LANGUAGES, n_per_language=20, seed=0, verbose=False)
+    assert all([r.case_id for r in parallel[lang]] == [r.case_id for r in parallel["en"]] for lang in LANGUAGES)
+    assert ids["en"][:4] == [r.case_id for r in parallel["en"]][0:24:6]   # dealt round-robin from one order
+    for language, requests in disjoint.items():
+        assert all(r.language == language for r in requests)
+        if language != "en":
+            assert [r.english_twin.case_id for r in requests] == ids[language]
+    again = load_mzsre(LANGUAGES, n_per_language=20, seed=0, design="disjoint", verbose=False)
+    assert again == disjoint
+    other = load_mzsre(LANGUAGES, n_per_language=20, seed=1, design="disjoint", verbose=False)
+    assert [r.case_id for r in other["de"]] != ids["de"]
+    fewer = load_mzsre(LANGUAGES, n_per_language=5, seed=0, design="disjoint", verbose=False)
+    assert all([r.case_id for r in fewer[lang]] == ids[lang][:5] for lang in LANGUAGES)   # nested in n
+
+
+@needs_data
+def test_disjoint_design_limits_and_bad_designs(pool):
+    eligible = len(pool.eligible_case_ids())
+    most = eligible // len(LANGUAGES)
+    everything = load_mzsre(LANGUAGES, None, design="disjoint", verbose=False)
+    assert all(len(v) == most for v in everything.values())
+    with pytest.raises(ValueError, match=rf"disjoint design needs {most + 1} different facts for each of 6 "
+                                         rf"languages \({6 * (most + 1)} in all\) but only {eligible} of 643 "
+                                         rf".*at most {most} per language"):
+        load_mzsre(LANGUAGES, most + 1, design="disjoint", verbose=False)
+    assert len(load_mzsre(["de", "zh"], 300, design="disjoint", verbose=False)["zh"]) == 300
+    with pytest.raises(ValueError, match=r"unknown fact design 'delta'; choose from \('parallel', 'disjoint'\)"):
+        load_mzsre(["de"], 3, design="delta")
+
+
+@needs_data
 def test_sample_skips_cases_unlocated_in_any_requested_language(pool):
     eligible = pool.eligible_case_ids()
     chosen = sample_case_ids(pool, len(eligible), seed=1)
@@ -422,12 +460,101 @@ def test_mlake_multi_hop():
 
 @needs_data
 def test_wikitext_paragraphs():
-    texts = load_corpus("wikitext")
+    texts = load_corpus("wikitext-paragraphs")
     assert len(texts) == 4026
     assert texts[0].startswith("Homarus gammarus , known as the European lobster")
     assert not any(re.fullmatch(r"=+ .* =+", t) or not t.strip() for t in texts)
     assert "= National record" in texts  # a table legend, not a heading: kept
-    assert load_corpus("wikitext", n_texts=10) == texts[:10]
+    assert load_corpus("wikitext-paragraphs", n_texts=10) == texts[:10]
+
+
+@needs_data
+def test_wikitext_articles_hold_every_paragraph_once_in_order():
+    articles = load_corpus("wikitext")
+    titles = [line for split in ("valid", "test") for line in (DATA / f"text/wikitext-2.{split}.txt")
+              .read_text("utf-8").splitlines() if re.fullmatch(r" = [^=].* = ", line)]
+    assert len(articles) == len(titles) == 122
+    assert articles[0].startswith("Homarus gammarus , known as the European lobster")
+    assert "\n".join(articles).split("\n") == load_corpus("wikitext-paragraphs")
+    assert not any("= =" in line for article in articles for line in article.split("\n") if line.startswith(" ="))
+
+
+def test_file_corpora_through_datasets_builders(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "first record", "body": "b1"}\n{"text": "", "body": "b2"}\n'
+                                      '{"text": "third record", "body": "b3"}\n', encoding="utf-8")
+    (tmp_path / "b.txt").write_text("line one\nline two\n\nparagraph two\n", encoding="utf-8")
+    assert list(open_corpus(f"json:{tmp_path}/*.jsonl")) == ["first record", "third record"]   # empty dropped
+    assert list(open_corpus(f"json:{tmp_path}/a.jsonl#body")) == ["b1", "b2", "b3"]
+    assert list(open_corpus(f"text:{tmp_path}/*.txt")) == ["line one", "line two", "paragraph two"]
+    assert list(open_corpus(f"text:{tmp_path}/b.txt#paragraph")) == ["line one\nline two", "paragraph two\n"]
+    assert load_corpus(f"text:{tmp_path}/b.txt", n_texts=2) == ["line one", "line two"]
+    with pytest.raises(CorpusSpecError, match=r"no column 'missing'; columns: \['body', 'text'\]"):
+        list(open_corpus(f"json:{tmp_path}/a.jsonl#missing"))
+    with pytest.raises(CorpusSpecError, match="no file matches"):
+        open_corpus(f"json:{tmp_path}/none/*.jsonl")
+    with pytest.raises(CorpusSpecError, match="one of .*'line', 'paragraph', 'document'.*got 'sentence'"):
+        open_corpus(f"text:{tmp_path}/b.txt#sentence")
+
+
+def test_file_corpus_identity_is_the_bytes_not_the_path(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "a.txt").write_text("alpha\nbeta\n", encoding="utf-8")
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y" / "a.txt").write_text("alpha\nbeta\n", encoding="utf-8")
+    first = open_corpus(f"text:{tmp_path}/x/*.txt").identity
+    assert first == open_corpus(f"text:{tmp_path}/y/*.txt").identity
+    assert first != open_corpus(f"text:{tmp_path}/x/*.txt#document").identity   # read differently
+    (tmp_path / "y" / "a.txt").write_text("alpha\ngamma\n", encoding="utf-8")
+    assert first != open_corpus(f"text:{tmp_path}/y/*.txt").identity
+
+
+def test_hub_corpus_spec_and_offline_errors(monkeypatch):
+    from langedit.data import corpus as corpus_module
+    spec = corpus_module.parse_hub_spec("hf:wikimedia/wikipedia:20231101.en")
+    assert (spec.dataset, spec.revision, spec.config, spec.split, spec.column) == (
+        "wikimedia/wikipedia", None, "20231101.en", "train", "text")
+    pinned = corpus_module.parse_hub_spec("hf:wikitext@abc123:wikitext-103-raw-v1:validation:text")
+    assert (pinned.dataset, pinned.revision, pinned.split) == ("wikitext", "abc123", "validation")
+    for bad in ("hf:", "hf:a/b/c", "hf:a:b:c:d:e"):
+        with pytest.raises(CorpusSpecError):
+            corpus_module.parse_hub_spec(bad)
+    monkeypatch.setenv("LANGEDIT_DOWNLOAD", "0")
+    wiki = open_corpus("hf:wikimedia/wikipedia:20231101.en")   # opening reads nothing
+    for read in (lambda: wiki.identity, lambda: next(iter(wiki))):
+        with pytest.raises(CorpusUnavailableError, match=r"'hf:wikimedia/wikipedia:20231101.en' streams from the "
+                                                         r"Hugging Face hub, which is not allowed here.*json:"):
+            read()
+    monkeypatch.setenv("LANGEDIT_DOWNLOAD", "1")   # network allowed but unreachable: datasets' error, explained
+    import datasets
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'wikimedia/wikipedia' on the Hub (LocalEntryNotFoundError)")
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    monkeypatch.setattr(corpus_module, "resolve_hub_revision", unreachable)
+    with pytest.raises(CorpusUnavailableError, match="could not be reached.*Couldn't reach"):
+        next(iter(wiki))
+    with pytest.raises(CorpusUnavailableError, match="could not be asked for its revision"):
+        wiki.identity
+    with pytest.raises(ValueError, match="streamed from the hub: give n_texts or n_tokens"):
+        load_corpus("hf:wikimedia/wikipedia:20231101.en")
+
+
+def test_hub_corpus_reads_the_column_and_keys_the_revision(monkeypatch):
+    from langedit.data import corpus as corpus_module
+    import datasets
+    asked = []
+
+    def fake_load(name, config, split, revision, streaming):
+        asked.append((name, config, split, revision, streaming))
+        return iter([{"text": "one", "id": 1}, {"text": " ", "id": 2}, {"text": "three", "id": 3}])
+    monkeypatch.setenv("LANGEDIT_DOWNLOAD", "1")
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    revisions = iter(["rev1", "rev1", "rev2"])
+    monkeypatch.setattr(corpus_module, "resolve_hub_revision", lambda spec: next(revisions))
+    assert list(open_corpus("hf:org/data:cfg")) == ["one", "three"]
+    assert asked == [("org/data", "cfg", "train", None, True)]
+    first, same, moved = (open_corpus("hf:org/data:cfg").identity for _ in range(3))
+    assert first == same != moved   # the hub's main moved: another cache entry
 
 
 @needs_data
@@ -444,7 +571,8 @@ def test_multilingual_corpus_is_interleaved_and_deterministic():
 
 
 @pytest.mark.parametrize("kwargs, error", [
-    ({"name": "c4"}, ValueError), ({"name": "wikitext", "n_texts": 5, "n_tokens": 5}, ValueError),
+    ({"name": "c4"}, CorpusSpecError), ({"name": "ftp:x"}, CorpusSpecError),
+    ({"name": "wikitext", "n_texts": 5, "n_tokens": 5}, ValueError),
     ({"name": "wikitext", "n_texts": 0}, ValueError), pytest.param({"name": "wikitext", "n_texts": 10**6}, ValueError, marks=needs_data),
 ])
 def test_corpus_bad_input(kwargs, error):

@@ -23,8 +23,10 @@ METHOD_COLOURS = {"pre-edit": "#7f7f7f", "ft": "#bcbd22", "rome": "#56B4E9", "me
 
 #: Scales per profile. smoke: CI, every notebook in minutes on 2 CPU cores. default: the committed
 #: results on Gemma-3-270M (CPU). paper: the paper's scales on a GPU (Llama-3-8B etc.).
+#: fact_design: which MzsRE facts each language edits, load_mzsre(design=...): "parallel" (the same
+#: facts, the paper's design) or "disjoint" (different facts per language).
 PROFILES: dict[str, dict] = {
-    "smoke": dict(languages=("en", "de"), n_per_language=2, batch_size=2, seeds=(0,),
+    "smoke": dict(languages=("en", "de"), n_per_language=2, batch_size=2, seeds=(0,), fact_design="parallel",
                   methods=("memit", "alphaedit", "langedit"), focus_methods=("alphaedit", "langedit"),
                   radar_methods=("alphaedit", "langedit"), pair=("en", "zh"), pair_methods=("langedit",),
                   overrides=dict(v_steps=3, stats_tokens=600, layers=(7, 8)),
@@ -34,14 +36,14 @@ PROFILES: dict[str, dict] = {
     # 3 edits per language (18 in all), XTREME restricted to the two log-likelihood tasks with 10
     # items per language, 2 facts per language for causal tracing: the scales that keep the whole
     # suite well under an hour on 2 CPU cores (measured: README "Notebooks and results").
-    "default": dict(languages=LANGUAGES, n_per_language=3, batch_size=3, seeds=(0,),
+    "default": dict(languages=LANGUAGES, n_per_language=3, batch_size=3, seeds=(0,), fact_design="parallel",
                     methods=("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"),
                     focus_methods=("alphaedit", "langedit"), radar_methods=("rect", "alphaedit", "langedit"),
                     pair=("en", "zh"), pair_methods=("alphaedit", "langedit"),
                     overrides=dict(), xtreme=dict(tasks=("xnli", "pawsx"), n_per_task=10),
                     mlake=dict(languages=("en", "de", "fr"), n_per_language=3),
                     tracing=dict(facts_per_language=2, n_samples=3, kinds=("hidden", "mlp"))),
-    "paper": dict(languages=LANGUAGES, n_per_language=400, batch_size=100, seeds=(0, 1, 2),
+    "paper": dict(languages=LANGUAGES, n_per_language=400, batch_size=100, seeds=(0, 1, 2), fact_design="parallel",
                   methods=("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"),
                   focus_methods=("alphaedit", "langedit"), radar_methods=("rect", "alphaedit", "langedit"),
                   pair=("en", "zh"), pair_methods=("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"),

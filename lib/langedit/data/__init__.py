@@ -4,20 +4,21 @@ Files are read from the data directory (``$LANGEDIT_DATA_DIR``, default ``../sha
 checkout), verified against the SHA-256 table in ``manifest.json``, and downloaded from their pinned
 public source when missing (see :mod:`langedit.data.download`).
 """
-from .corpus import CORPORA, count_words, load_corpus
+from .corpus import CORPORA, Corpus, CorpusSpecError, CorpusUnavailableError, count_words, load_corpus, open_corpus
 from .download import (ChecksumMismatchError, DataDirectoryMissingError, DataFileMissingError, ensure_data_file,
                        load_manifest, source_url)
 from .mlake import MLAKE_LANGUAGES, PAPER_MLAKE_LANGUAGES, MultiHopQuestion, load_mlake, load_mlake_multi_hop, locate_mlake
-from .mzsre import MzsrePool, load_mzsre, load_mzsre_pool
+from .mzsre import FACT_DESIGNS, MzsrePool, load_mzsre, load_mzsre_pool
 from .records import LANGUAGES, DataFormatError, EditRequest, RejectedRecord
 from .report import subject_location_report
 from .subjects import FUZZY_THRESHOLD, RULES, SubjectLocation, locate_subject, subject_token_range, template_from_span
 
 __all__ = [
-    "CORPORA", "count_words", "load_corpus", "ChecksumMismatchError", "DataDirectoryMissingError",
+    "CORPORA", "Corpus", "CorpusSpecError", "CorpusUnavailableError", "count_words", "load_corpus", "open_corpus",
+    "ChecksumMismatchError", "DataDirectoryMissingError",
     "DataFileMissingError", "ensure_data_file", "load_manifest", "source_url", "MLAKE_LANGUAGES",
     "PAPER_MLAKE_LANGUAGES", "MultiHopQuestion", "load_mlake", "load_mlake_multi_hop", "locate_mlake", "MzsrePool",
-    "load_mzsre", "load_mzsre_pool", "LANGUAGES", "DataFormatError", "EditRequest", "RejectedRecord",
+    "FACT_DESIGNS", "load_mzsre", "load_mzsre_pool", "LANGUAGES", "DataFormatError", "EditRequest", "RejectedRecord",
     "subject_location_report", "FUZZY_THRESHOLD", "RULES", "SubjectLocation", "locate_subject",
     "subject_token_range", "template_from_span",
 ]

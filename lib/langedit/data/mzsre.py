@@ -1,4 +1,4 @@
-"""MzsRE (multilingual zsRE, from ReMaKE) as parallel edit requests in en/de/nl/es/fr/zh.
+"""MzsRE (multilingual zsRE, from ReMaKE) as edit requests in en/de/nl/es/fr/zh.
 
 Each pair file ``mzsre/mzsre_test_duplicate_en<xx>.json`` holds records ``{"en": {...}, "<xx>": {...}}``
 for the same facts in the same order, so the record index is a fact id shared across languages
@@ -6,9 +6,20 @@ for the same facts in the same order, so the record index is a fact id shared ac
 the ``en`` side of the en-de file; every other language's ``english_twin`` is the ``en`` side of its
 own pair file (identical across files).
 
-Sampling is parallel: one seeded permutation of all case ids, walked in order, keeping a case only
-if its subject was located in *every* requested language; so the same seed gives the same facts in
-every language, and records whose subject cannot be located are skipped (and counted), never edited.
+Two designs of which facts each language edits (``design``), both from one seeded permutation of
+all case ids, walked in order, keeping a case only if its subject was located in *every* requested
+language (records whose subject cannot be located are skipped, counted, never edited):
+
+``parallel`` (default)
+    every language edits the same facts, its own translation of each: the first ``n`` eligible
+    ids. A later language re-writes the facts earlier languages wrote (with the same target), so
+    cross-lingual transfer can mask interference. The paper's design as far as its text and the
+    released loader show (README, "Which facts each language edits").
+``disjoint``
+    each language edits different facts: the eligible ids are dealt round-robin over the languages
+    in the order given (language ``i`` takes ids ``i, i+L, i+2L, ...``), so no fact is edited in two
+    languages, a language's first ``k`` facts do not depend on ``n``, and the pool is the same as
+    for ``parallel`` (each fact can still be evaluated in every language).
 """
 from __future__ import annotations
 
@@ -207,12 +218,29 @@ def _check_count(n_per_language: int | None) -> None:
         raise ValueError(f"n_per_language must be positive, got {n_per_language} (an empty selection edits nothing)")
 
 
-def sample_case_ids(pool: MzsrePool, n_per_language: int | None, seed: int) -> list[int]:
-    """Seeded parallel selection: the first ``n`` eligible ids of a permutation of all case ids.
+#: Which facts each language edits: the same ones (translated) or different ones.
+FACT_DESIGNS: tuple[str, ...] = ("parallel", "disjoint")
 
-    The permutation depends only on ``seed`` and the file size, so adding a language only drops the
-    cases that language cannot locate; ``None`` selects every eligible case in file order.
-    """
+
+def check_design(design: str) -> str:
+    if design not in FACT_DESIGNS:
+        raise ValueError(f"unknown fact design {design!r}; choose from {FACT_DESIGNS} "
+                         f"(parallel: the same facts in every language; disjoint: different facts per language)")
+    return design
+
+
+def _seeded_eligible(pool: MzsrePool, seed: int) -> list[int]:
+    """Eligible ids in the order of a permutation that depends only on ``seed`` and the file size
+    (so adding a language only drops the cases that language cannot locate)."""
+    eligible = pool.eligible_case_ids()
+    order = list(range(pool.n_records))
+    random.Random(seed).shuffle(order)
+    return [case_id for case_id in order if case_id in eligible]
+
+
+def sample_case_ids(pool: MzsrePool, n_per_language: int | None, seed: int) -> list[int]:
+    """Seeded parallel selection: the first ``n`` eligible ids of a permutation of all case ids;
+    ``None`` selects every eligible case in file order."""
     eligible = pool.eligible_case_ids()
     if n_per_language is None:
         return sorted(eligible)
@@ -220,9 +248,22 @@ def sample_case_ids(pool: MzsrePool, n_per_language: int | None, seed: int) -> l
         raise ValueError(
             f"asked for {n_per_language} MzsRE requests per language but only {len(eligible)} of "
             f"{pool.n_records} records have a located subject in all of {list(pool.requests)}")
-    order = list(range(pool.n_records))
-    random.Random(seed).shuffle(order)
-    return [case_id for case_id in order if case_id in eligible][:n_per_language]
+    return _seeded_eligible(pool, seed)[:n_per_language]
+
+
+def sample_disjoint_case_ids(pool: MzsrePool, n_per_language: int | None, seed: int) -> dict[str, list[int]]:
+    """Seeded disjoint selection: the seeded eligible ids dealt round-robin over the pool's languages;
+    ``None`` gives every language the same, largest possible number of facts."""
+    languages = list(pool.requests)
+    dealt = _seeded_eligible(pool, seed)
+    most = len(dealt) // len(languages)
+    n = max(most, 1) if n_per_language is None else n_per_language
+    if n > most:
+        raise ValueError(
+            f"the disjoint design needs {n} different facts for each of {len(languages)} languages "
+            f"({n * len(languages)} in all) but only {len(dealt)} of {pool.n_records} records have a located "
+            f"subject in all of {languages}: at most {most} per language")
+    return {language: dealt[i::len(languages)][:n] for i, language in enumerate(languages)}
 
 
 def load_mzsre(
@@ -231,25 +272,34 @@ def load_mzsre(
     seed: int = 0,
     data_dir: str | os.PathLike | None = None,
     verbose: bool = True,
+    design: str = "parallel",
 ) -> dict[str, list[EditRequest]]:
-    """Parallel MzsRE edit requests: ``{language: [EditRequest, ...]}`` with identical case ids.
+    """MzsRE edit requests ``{language: [EditRequest, ...]}``, the same facts in every language
+    (``design="parallel"``) or different ones (``"disjoint"``), see the module docstring.
 
-    ``n_per_language=None`` returns every record located in all requested languages. Logs (INFO) the
-    per-language subject-location counts of the whole files and of the selection, and prints the
-    selection's counts unless ``verbose=False``.
+    ``n_per_language=None`` returns every record located in all requested languages (parallel), or
+    an equal share of them per language (disjoint). Logs (INFO) the per-language subject-location
+    counts of the whole files and of the selection, and prints the selection's counts unless
+    ``verbose=False``.
     """
     _check_count(n_per_language)
+    check_design(design)
     pool = load_mzsre_pool(languages, data_dir)
-    case_ids = sample_case_ids(pool, n_per_language, seed)
-    selected = {language: [by_case[c] for c in case_ids] for language, by_case in pool.requests.items()}
+    if design == "parallel":
+        case_ids = sample_case_ids(pool, n_per_language, seed)
+        chosen = {language: case_ids for language in pool.requests}
+    else:
+        chosen = sample_disjoint_case_ids(pool, n_per_language, seed)
+    selected = {language: [by_case[c] for c in chosen[language]] for language, by_case in pool.requests.items()}
+    per_language = len(next(iter(chosen.values())))
     skipped = pool.n_records - len(pool.eligible_case_ids())
     logger.info("MzsRE subject location over all %d records (unlocated records are never edited):\n%s",
                 pool.n_records, pool.report().to_string())
-    logger.info("MzsRE selection: %d per language, seed %d; %d case ids skipped because a requested language "
-                "could not locate the subject:\n%s", len(case_ids), seed, skipped,
+    logger.info("MzsRE selection: %d per language (%s), seed %d; %d case ids skipped because a requested "
+                "language could not locate the subject:\n%s", per_language, design, seed, skipped,
                 subject_location_report(selected).to_string())
     if verbose:
-        print(f"MzsRE: {len(case_ids)} facts per language (seed {seed}); {skipped} case ids skipped because a "
-              f"requested language could not locate the subject. Subject located by rule:\n"
+        print(f"MzsRE: {per_language} facts per language, {design} (seed {seed}); {skipped} case ids skipped "
+              f"because a requested language could not locate the subject. Subject located by rule:\n"
               f"{subject_location_report(selected).to_string()}")
     return selected

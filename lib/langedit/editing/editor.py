@@ -35,7 +35,7 @@ from ..precision import keep_in_float32
 from ..profiling import Measure
 from .activations import compute_keys
 from .hparams import Hparams, load_hparams
-from .stats import KeyMoment, key_moments
+from .stats import KeyMoment, StatsSettings, key_moments
 from .templates import STARTERS, TemplateCache
 from .tokens import Request, check_request
 
@@ -77,7 +77,8 @@ def request_language(request: Request) -> str:
 class Editor:
     def __init__(self, lm: LoadedModel, method: str = "langedit", hparams: Hparams | None = None,
                  corpus_texts: Sequence[str] | None = None, progress: bool = True,
-                 cache: str | os.PathLike | None = None, template_seed: int = 0, **overrides) -> None:
+                 cache: str | os.PathLike | None = None, template_seed: int = 0,
+                 key_statistics: dict[int, KeyMoment] | None = None, **overrides) -> None:
         from .methods import make_method
 
         self.lm, self.model, self.tokenizer, self.arch = lm, lm.model, lm.tokenizer, lm.arch
@@ -85,13 +86,13 @@ class Editor:
         self.method_name = method
         self.progress, self.cache = progress, cache
         self.templates = TemplateCache(self.model, self.tokenizer, seed=template_seed)
-        self._corpus_texts = corpus_texts
+        self._corpus_texts, self._corpus = corpus_texts, None
         self.method = make_method(method, self)
         self.layers = self.method.layers
         for layer in self.layers:   # edited matrices stay exact, whatever the model's storage dtype
             keep_in_float32(get_module(self.model, self.arch.mlp_out_name(layer)))
         self.original = {layer: w_out(self.model, layer).detach().clone() for layer in self.layers}
-        self._cov0: dict[int, KeyMoment] = {}
+        self._cov0: dict[int, KeyMoment] = dict(key_statistics or {})   # given C0 (analysis) or read from the corpus
         self._cov0_digest = ""
         self._raw: dict[int, torch.Tensor] = {}     # raw weights of layers whose evaluation weights differ
         self.edited_kk: dict[int, torch.Tensor] = {}
@@ -166,11 +167,12 @@ class Editor:
                 w_out(self.model, layer).copy_(original)
 
     # ----- statistics ----------------------------------------------------------------------
-    def corpus_texts(self) -> Sequence[str]:
-        if self._corpus_texts is None:
-            from ..data import load_corpus
-            self._corpus_texts = load_corpus(self.hparams.stats_corpus)
-        return self._corpus_texts
+    def corpus(self):
+        """The corpus C0 is read from: the caller's texts, else hparams.stats_corpus."""
+        from ..data.corpus import open_corpus
+        if self._corpus is None:
+            self._corpus = open_corpus(self.hparams.stats_corpus if self._corpus_texts is None else self._corpus_texts)
+        return self._corpus
 
     def cov0(self, layer: int) -> KeyMoment:
         """C0 = E[k k^T] of the unedited model's keys at `layer` (disk-cached)."""
@@ -178,8 +180,9 @@ class Editor:
             if self.n_batches:
                 raise RuntimeError("key statistics must be computed before the first edit (they describe the unedited "
                                    "model); a state saved without them (older code) cannot be continued")
-            moments = key_moments(self.model, self.tokenizer, self.arch, self.layers, self.corpus_texts(),
-                                  self.hparams.stats_corpus, self.hparams.stats_tokens, self.cache, self.progress)
+            missing = [l for l in self.layers if l not in self._cov0]
+            moments = key_moments(self.model, self.tokenizer, self.arch, missing, self.corpus(),
+                                  StatsSettings.from_hparams(self.hparams), self.cache, self.progress)
             self._cov0.update(moments)
             self._cov0_digest = moments_digest(self._cov0)
         return self._cov0[layer]

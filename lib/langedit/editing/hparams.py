@@ -25,9 +25,13 @@ class Hparams:
     v_weight_decay: float = 0.5
     early_stop_loss: float = 5e-2
     v_chunk_requests: int = 16              # requests per forward/backward of the value optimisation (memory only)
-    # preserved-knowledge statistics
-    stats_corpus: str = "wikitext"
-    stats_tokens: int = 100_000
+    # preserved-knowledge statistics (editing.stats.StatsSettings; data.corpus for the corpus specs)
+    stats_corpus: str = "wikitext"          # built-in name, "hf:<dataset>:<config>...", "json:<glob>", "text:<glob>"
+    stats_tokens: int | None = 100_000      # token positions (BOS included); None: no token limit
+    stats_texts: int | None = None          # texts read at most (the references' mom2_n_samples); None: no limit
+    stats_window: int = 1024                # positions per forward sequence (prefix included)
+    stats_overflow: str = "windows"         # text beyond a window: "windows" (next window) or "truncate"
+    stats_batch_tokens: int = 4096          # padded positions per forward pass (memory only, but in the key)
     # closed-form solvers
     mom2_update_weight: float = 15000.0     # MEMIT / PRUNE / RECT: lambda in (lambda C0 + K K^T)
     nullspace_threshold: float = 2e-2       # AlphaEdit / LangEdit
