@@ -14,6 +14,16 @@
   to the preserved subspace and to every edited key": P_t = P_{t-1} - Q Q^T with Q an orthonormal
   basis of P_{t-1} K_t. O(d^2 n) per batch instead of an O(d^3) eigen-decomposition; equal to the
   zero-eigenvalue projector of U_big U_big^T + K K^T (tested against a dense eigen-decomposition).
+
+Why the relative kinds refer to C0's spectrum, fixed once, and not to each updated covariance: LangEdit
+excludes an edited key when it lifts a direction's eigenvalue over the cutoff, so the cutoff must be the
+same yardstick at every batch. Re-read on C_t, an energy threshold's budget eps * tr(C_t) grows with the
+edited keys' own energy (the released recursion adds ~1e-3 * sum k k^T again every batch) and re-admits
+preserved directions the more one edits; a threshold relative to the largest eigenvalue jumps once an
+edited direction becomes the largest. With the cutoff fixed on C0, the paper's running covariance keeps
+C0's directions on their side of it (C0's weight n0 / (n0 + n) stays ~1, and the energy cutoff lies
+between two eigenvalues); the released recursion down-weights C0 by prod w0 / (w0 + s w1) (0.95 after
+10 batches), so C0 directions just above the cutoff drift into P exactly as with the authors' absolute 2e-2.
 """
 from __future__ import annotations
 

@@ -110,9 +110,7 @@ class NullSpaceMethod(MultiLayerMethod):
 
     The threshold is read against C0's spectrum once per layer (`initial_projector`) and fixed there
     as an absolute eigenvalue cutoff; LangEdit's covariances updated with edited keys are cut at that
-    same level. Re-reading a relative threshold against each updated spectrum would make the null
-    space move with the edits' own weight (the released recursion rescales C0 every batch) instead of
-    with whether an edited key stands out of C0's unused directions.
+    same level (why: editing/nullspace.py).
     """
 
     def __init__(self, editor) -> None:
