@@ -34,7 +34,9 @@ class Hparams:
     stats_batch_tokens: int = 4096          # padded positions per forward pass (memory only, but in the key)
     # closed-form solvers
     mom2_update_weight: float = 15000.0     # MEMIT / PRUNE / RECT: lambda in (lambda C0 + K K^T)
-    nullspace_threshold: float = 2e-2       # AlphaEdit / LangEdit
+    nullspace_threshold: float = 2e-2       # AlphaEdit / LangEdit, read as nullspace_threshold_kind says:
+    nullspace_threshold_kind: str = "absolute"  # absolute eigenvalue | relative (to the largest) | energy
+                                            # (trace fraction); relative kinds are resolved on C0 (editing.nullspace)
     l2: float = 10.0                        # AlphaEdit / LangEdit (released): L2 on the update
     paper_ridge: float = 1.0                # LangEdit (paper / incremental): the "+ I" of the closed form
     langedit_variant: str = "released"

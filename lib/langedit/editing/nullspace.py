@@ -2,6 +2,11 @@
 
 * :func:`projector_from_cov` – AlphaEdit / LangEdit: eigen-decompose a (key) covariance, keep the
   eigenvectors whose eigenvalue is below a threshold, P = U_0 U_0^T.
+* :func:`eigenvalue_cutoff` / :func:`reference_projector` – how ``nullspace_threshold`` is read
+  (``nullspace_threshold_kind``): ``absolute`` (an eigenvalue, the papers' 2e-2), ``relative`` (a
+  fraction of the largest eigenvalue) or ``energy`` (keep the smallest eigenvalues that together carry
+  at most a fraction eps of the trace). The relative kinds are resolved once, on the preserved keys'
+  C0, into an absolute eigenvalue cutoff that every later (edited-key-updated) covariance is cut at.
 * :func:`released_cov_update` – the LangEdit authors' released covariance recursion.
 * :func:`paper_running_cov` – Algorithm 1 of the paper: the count-weighted running covariance of
   the preserved-knowledge keys K0 and all keys edited so far.
@@ -9,17 +14,82 @@
   to the preserved subspace and to every edited key": P_t = P_{t-1} - Q Q^T with Q an orthonormal
   basis of P_{t-1} K_t. O(d^2 n) per batch instead of an O(d^3) eigen-decomposition; equal to the
   zero-eigenvalue projector of U_big U_big^T + K K^T (tested against a dense eigen-decomposition).
+
+Why the relative kinds refer to C0's spectrum, fixed once, and not to each updated covariance: LangEdit
+excludes an edited key when it lifts a direction's eigenvalue over the cutoff, so the cutoff must be the
+same yardstick at every batch. Re-read on C_t, an energy threshold's budget eps * tr(C_t) grows with the
+edited keys' own energy (the released recursion adds ~1e-3 * sum k k^T again every batch) and re-admits
+preserved directions the more one edits; a threshold relative to the largest eigenvalue jumps once an
+edited direction becomes the largest. With the cutoff fixed on C0, the paper's running covariance keeps
+C0's directions on their side of it (C0's weight n0 / (n0 + n) stays ~1, and the energy cutoff lies
+between two eigenvalues); the released recursion down-weights C0 by prod w0 / (w0 + s w1) (0.95 after
+10 batches), so C0 directions just above the cutoff drift into P exactly as with the authors' absolute 2e-2.
 """
 from __future__ import annotations
 
 import torch
 
 
+#: How ``nullspace_threshold`` is read; see :func:`eigenvalue_cutoff`.
+THRESHOLD_KINDS = ("absolute", "relative", "energy")
+
+
+def check_threshold(kind: str, value: float) -> None:
+    """Refuse an unknown kind or a value outside its range (absolute > 0; relative, energy in (0, 1))."""
+    if kind not in THRESHOLD_KINDS:
+        raise ValueError(f"unknown nullspace_threshold_kind {kind!r}; choose from {THRESHOLD_KINDS}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"nullspace_threshold must be a number, got {value!r}")
+    if kind == "absolute" and not value > 0:
+        raise ValueError(f"an absolute nullspace_threshold must be > 0 (an eigenvalue), got {value}")
+    if kind != "absolute" and not 0 < value < 1:
+        raise ValueError(f"a {kind} nullspace_threshold must lie in (0, 1), got {value}")
+
+
+def eigenvalue_cutoff(eigenvalues: torch.Tensor, kind: str, value: float) -> float:
+    """The eigenvalue below which a direction of the reference spectrum `eigenvalues` is kept in P.
+
+    * ``absolute``: `value` itself (AlphaEdit's and LangEdit's 2e-2, tied to the keys' scale).
+    * ``relative``: `value` * the largest eigenvalue (a numerical-rank tolerance).
+    * ``energy``: keep the m smallest eigenvalues whose sum is at most `value` * trace (m as large as
+      possible); the cutoff lies midway between the m-th and the (m+1)-th, so that a slightly rescaled
+      covariance (LangEdit's running ones) is not cut exactly at one of its eigenvalues. For keys
+      distributed as the reference, E|P k|^2 / E|k|^2 = tr(P C0) / tr(C0) <= value: `value` is the
+      share of the preserved keys' energy an update dW = X P can still touch.
+    Rounding negatives count as zero energy.
+    """
+    check_threshold(kind, value)
+    if kind == "absolute":
+        return float(value)
+    ascending = torch.sort(eigenvalues.double().clamp_min(0)).values
+    if kind == "relative":
+        return float(value * ascending[-1])
+    cumulative = torch.cumsum(ascending, 0)
+    kept = int((cumulative <= value * cumulative[-1]).sum())
+    if kept == len(ascending):               # a zero covariance: nothing to preserve
+        return float("inf")
+    below = float(ascending[kept - 1]) if kept else 0.0
+    return (below + float(ascending[kept])) / 2
+
+
+def null_projector(eigenvalues: torch.Tensor, eigenvectors: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """P = U_0 U_0^T over the eigenvectors (columns) whose eigenvalue is < cutoff."""
+    null = eigenvectors[:, eigenvalues < cutoff]
+    return null @ null.T
+
+
 def projector_from_cov(cov: torch.Tensor, threshold: float) -> torch.Tensor:
     """P = U_0 U_0^T over eigenvectors of the symmetric PSD `cov` with eigenvalue < threshold (float64)."""
     eigenvalues, eigenvectors = torch.linalg.eigh(cov.double())
-    null = eigenvectors[:, eigenvalues < threshold]
-    return null @ null.T
+    return null_projector(eigenvalues, eigenvectors, threshold)
+
+
+def reference_projector(cov: torch.Tensor, kind: str, value: float) -> tuple[torch.Tensor, float]:
+    """P of the reference covariance (C0) with the threshold read against its own spectrum, and the
+    absolute eigenvalue cutoff that this fixes for every later covariance (one eigen-decomposition)."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov.double())
+    cutoff = eigenvalue_cutoff(eigenvalues, kind, value)
+    return null_projector(eigenvalues, eigenvectors, cutoff), cutoff
 
 
 def null_dimension(projector: torch.Tensor) -> int:

@@ -20,8 +20,8 @@ from typing import Sequence
 import torch
 
 from ..activations import bare_batch, compute_keys, read_at_lookup
-from ..nullspace import (IncrementalNullSpace, null_dimension, paper_running_cov, projector_from_cov,
-                         released_cov_update)
+from ..nullspace import (IncrementalNullSpace, check_threshold, null_dimension, paper_running_cov,
+                         projector_from_cov, reference_projector, released_cov_update)
 from ..residual import residual_to_value_shift
 from ..tokens import Request
 from ..values import ValueSettings, compute_values
@@ -130,15 +130,33 @@ class Prune(Memit):
 
 
 class NullSpaceMethod(MultiLayerMethod):
-    """Shared by AlphaEdit and LangEdit: a projector per layer, recomputed as the method says."""
+    """Shared by AlphaEdit and LangEdit: a projector per layer, recomputed as the method says.
+
+    The threshold is read against C0's spectrum once per layer (`initial_projector`) and fixed there
+    as an absolute eigenvalue cutoff; LangEdit's covariances updated with edited keys are cut at that
+    same level (why: editing/nullspace.py).
+    """
 
     def __init__(self, editor) -> None:
         super().__init__(editor)
+        check_threshold(self.hp.nullspace_threshold_kind, self.hp.nullspace_threshold)
         self.projectors: dict[int, torch.Tensor] = {}
+        self.cutoffs: dict[int, float] = {}
 
     def initial_projector(self, layer: int) -> torch.Tensor:
+        """P of C0; fixes the layer's eigenvalue cutoff."""
         cov = self.editor.cov0(layer).moment.to(self.editor.lm.device)
-        return projector_from_cov(cov, self.hp.nullspace_threshold)
+        projector, self.cutoffs[layer] = reference_projector(cov, self.hp.nullspace_threshold_kind,
+                                                             self.hp.nullspace_threshold)
+        return projector
+
+    def cutoff(self, layer: int) -> float:
+        """The absolute eigenvalue cutoff of `layer` (from C0 for the relative kinds)."""
+        if layer not in self.cutoffs:
+            if self.hp.nullspace_threshold_kind == "absolute":
+                return float(self.hp.nullspace_threshold)
+            self.initial_projector(layer)
+        return self.cutoffs[layer]
 
     def report_extra(self, report) -> None:
         report.null_dimension.update({layer: null_dimension(p) for layer, p in self.projectors.items()})
@@ -148,10 +166,13 @@ class NullSpaceMethod(MultiLayerMethod):
         return torch.zeros(like.shape[1], like.shape[1], dtype=torch.float64, device=like.device) if kk is None else kk
 
     def state(self):
-        return {f"projector.{layer}": p for layer, p in self.projectors.items()}
+        out = {f"projector.{layer}": p for layer, p in self.projectors.items()}
+        out.update({f"cutoff.{layer}": torch.tensor(c, dtype=torch.float64) for layer, c in self.cutoffs.items()})
+        return out
 
     def load_state(self, state):
         self.projectors = {int(k.split(".")[1]): v for k, v in state.items() if k.startswith("projector.")}
+        self.cutoffs = {int(k.split(".")[1]): float(v) for k, v in state.items() if k.startswith("cutoff.")}
 
 
 class AlphaEdit(NullSpaceMethod):
@@ -196,16 +217,16 @@ class LangEdit(NullSpaceMethod):
         if self.variant == "paper":
             kk = ed.edited_kk.get(layer)
             if kk is None:
-                return projector_from_cov(cov0.moment.to(device), self.hp.nullspace_threshold)
+                return self.initial_projector(layer)
             cov = paper_running_cov(cov0.moment.to(device), cov0.n_tokens, kk, ed.n_edited)
-            return projector_from_cov(cov, self.hp.nullspace_threshold)
+            return projector_from_cov(cov, self.cutoff(layer))
         # released
         if ed.n_batches == 0 or layer not in self.released_cov:
-            cov = cov0.moment.to(device).double()
-        else:
-            cov = released_cov_update(self.released_cov[layer], ed.edited_kk[layer], ed.n_batches)
+            self.released_cov[layer] = cov0.moment.to(device).double()
+            return self.initial_projector(layer)
+        cov = released_cov_update(self.released_cov[layer], ed.edited_kk[layer], ed.n_batches)
         self.released_cov[layer] = cov
-        return projector_from_cov(cov, self.hp.nullspace_threshold)
+        return projector_from_cov(cov, self.cutoff(layer))
 
     def solve(self, layer, keys, resid):
         self.projectors[layer] = self.projector(layer)
