@@ -116,9 +116,13 @@ def test_unknown_value_target_site_is_refused():
 
 def rome_editor(tok, family, tmp_path, seed=0, **overrides):
     lm = build_tiny_model(family, tokenizer=tok, seed=seed)
+    return lm, rome_editor_on(lm, tok, tmp_path, **overrides)
+
+
+def rome_editor_on(lm, tok, tmp_path, **overrides):
     hp = load_hparams("rome", "gemma3", **{"layers": [2], "rome_layer": 2, "rome_v_steps": 5,
                                            "rome_template_lengths": [[3, 5]], "stats_tokens": 1500, **overrides})
-    return lm, Editor(lm, method="rome", hparams=hp, corpus_texts=varied_corpus(), progress=False, cache=tmp_path)
+    return Editor(lm, method="rome", hparams=hp, corpus_texts=varied_corpus(), progress=False, cache=tmp_path)
 
 
 def w_out_io(lm, tok, layer, texts_spans):
@@ -191,10 +195,12 @@ def test_rome_templates_are_the_reference_draws_and_survive_save_and_load(tok, t
     editor.save(tmp_path / "state")
     other_model = lambda: rome_editor(tok, "gemma3_text", tmp_path, seed=1, rome_template_lengths=[[3, 5], [4, 10]],
                                       rome_mom2_adjustment=False)[1]
-    assert other_model().method.templates("de") != templates      # another model draws other templates ...
-    fresh = other_model()
-    fresh.load(tmp_path / "state")                                 # ... unless they are loaded
+    assert other_model().method.templates("de") != templates      # the draws depend on the model's weights ...
+    editor.restore()
+    fresh = rome_editor_on(lm, tok, tmp_path, rome_template_lengths=[[3, 5], [4, 10]], rome_mom2_adjustment=False)
+    fresh.load(tmp_path / "state")                                 # ... so they are saved with the state
     assert fresh.method.templates("de") == templates and fresh.method.templates("en") == editor.method.templates("en")
+    assert fresh.n_batches == 1
     with pytest.raises(ValueError, match="multiple of 5"):
         rome_editor(tok, "gemma3_text", tmp_path, rome_template_lengths=[[3, 7]])
 

@@ -29,7 +29,7 @@ PROFILES: dict[str, dict] = {
     "smoke": dict(languages=("en", "de"), n_per_language=2, batch_size=2, seeds=(0,), fact_design="parallel",
                   methods=("memit", "alphaedit", "langedit"), focus_methods=("alphaedit", "langedit"),
                   radar_methods=("alphaedit", "langedit"), pair=("en", "zh"), pair_methods=("langedit",),
-                  overrides=dict(v_steps=3, stats_tokens=600, layers=(7, 8)),
+                  overrides=dict(v_steps=3, rome_v_steps=3, stats_tokens=600, layers=(7, 8)),
                   xtreme=dict(tasks=("xnli",), n_per_task=2),
                   mlake=dict(languages=("en", "de"), n_per_language=2),
                   tracing=dict(facts_per_language=1, n_samples=2, kinds=("mlp",))),
