@@ -135,3 +135,15 @@ def test_head_terms_with_a_bf16_unembedding_match_autograd():
     assert torch.allclose(logp_t, ref_t, atol=1e-5) and torch.allclose(kl, ref_kl, atol=1e-5)
     assert torch.allclose(grads[0], target_hidden.grad, rtol=2e-2, atol=1e-3)
     assert torch.allclose(grads[1], kl_hidden.grad, rtol=2e-2, atol=1e-3)
+
+
+def test_with_matmul_dtype_follows_the_setting_and_refuses_to_go_back():
+    auto = with_matmul_dtype(build_tiny_model("llama"), "auto")
+    head = get_module(auto.model, auto.arch.unembed)
+    assert auto.matmul_dtype == head.weight.dtype == (torch.bfloat16 if has_bf16_units("cpu") else torch.float32)
+    exact = with_matmul_dtype(build_tiny_model("llama"), "float32")
+    assert exact.matmul_dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in exact.model.parameters())
+    fast = with_matmul_dtype(build_tiny_model("llama"), "bfloat16")
+    with pytest.raises(ValueError, match="already runs bfloat16 products"):
+        with_matmul_dtype(fast, "float32")

@@ -137,7 +137,7 @@ def load_model(
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
     cache: str | os.PathLike | None = None,
-    matmul_dtype: str | torch.dtype | None = "auto",
+    matmul_dtype: str | torch.dtype | None = "float32",
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer in eval mode, with its architecture description.
 
@@ -145,7 +145,8 @@ def load_model(
     `device_map` (e.g. ``"auto"``) is passed to transformers for models larger than one device;
     otherwise the model is moved to `device`. `matmul_dtype` chooses the fast path
     (:mod:`langedit.precision`): ``"auto"`` uses bfloat16 matrix products where the device has units
-    for them (a float32 model's linear layers except W_out), ``"float32"`` the exact float32 path.
+    for them (a float32 model's linear layers except W_out), ``"float32"`` (for now the default, until
+    the fast path's effect on edits is measured) the exact float32 path.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
