@@ -1,7 +1,6 @@
 """The reference baselines FT and ROME on tiny random models, each against an independent computation:
 ROME's value target at W_out's output (a plain full-forward loop), its rank-one update (exact at the
 bare prompt's key, along C0^-1 k_avg), its templates; FT's last-position loss (by hand) and its box."""
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -16,19 +15,10 @@ from langedit.hooks import Trace
 from langedit.models import get_module
 from langedit.models.architecture import w_out_as_matrix
 from langedit.models.tiny import build_tiny_model
+from edit_requests import MIXED_REQUESTS
 
 
-@dataclass(frozen=True)
-class Req:
-    prompt: str
-    subject: str
-    target: str
-    language: str = "en"
-
-
-REQUESTS = [Req("When was the inception of {}?", "IAAF Combined Events Challenge", "2006"),
-            Req("Which country is {} in?", "Bad Salzdetfurth", "Italy"),
-            Req("{} was born in", "Anna Maria", "Paris France", language="de")]
+REQUESTS = MIXED_REQUESTS
 FLAT_TEMPLATES = [["{}", "The cat sat. {}", "Because I said so. {}"]]
 WORDS = ("river house green seven quickly under music paper window coffee mountain silver yellow travel "
          "history engine market winter school doctor village garden science ocean friend number dark light").split()

@@ -1,7 +1,6 @@
 """The editing engine on tiny random models: batched = per-request, keys, the post-norm mapping,
 the Editor's restore / save / load / leakage, and clear errors for bad input."""
 import copy
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -19,24 +18,11 @@ from langedit.editing.values import ValueSettings, compute_values
 from langedit.hooks import Trace
 from langedit.models import get_module
 from langedit.models.tiny import build_tiny_model
+from edit_requests import CORPUS, MIXED_REQUESTS, Req
 
 
-@dataclass(frozen=True)
-class Req:
-    prompt: str
-    subject: str
-    target: str
-    language: str = "en"
-    paraphrase: str = "Where is it?"
-    locality_prompt: str = "nq question: who wrote hamlet"
-    locality_answer: str = "Shakespeare"
-
-
-REQUESTS = [Req("When was the inception of {}?", "IAAF Combined Events Challenge", "2006"),
-            Req("Which country is {} in?", "Bad Salzdetfurth", "Italy"),
-            Req("{} was born in", "Anna Maria", "Paris France", language="de")]
+REQUESTS = MIXED_REQUESTS
 TEMPLATES = [["{}"], ["The cat sat. {}", "Because I said so. {}"]]
-CORPUS = ["The quick brown fox jumps over the lazy dog near the river bank today."] * 40
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Random-weight models of named configurations: the full configurations' parameter counts (on the
 meta device, nothing allocated) against a count by hand from the released config.json numbers,
 scaled-down builds through the editing path in bf16, seeding, the cut-down tokenizer and errors."""
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -11,20 +10,11 @@ from langedit.editing import Editor, load_hparams
 from langedit.editing.values import ValueSettings, compute_values
 from langedit.models.loading import ensure_default_model
 from langedit.models.named import NAMED_CONFIGS, build_named_model, clipped_tokenizer, count_parameters, named_config
+from edit_requests import BORN_EN, CORPUS, COUNTRY
 
 
-@dataclass(frozen=True)
-class Req:
-    prompt: str
-    subject: str
-    target: str
-    language: str = "en"
-
-
-REQUESTS = [Req("Which country is {} in?", "Bad Salzdetfurth", "Italy"),
-            Req("{} was born in", "Anna Maria", "Paris France")]
+REQUESTS = [COUNTRY, BORN_EN]
 TEMPLATES = [["{}"], ["The cat sat. {}"]]
-CORPUS = ["The quick brown fox jumps over the lazy dog near the river bank today."] * 40
 SMALL_VOCAB = 32000   # keeps the scaled-down builds small; the full vocabularies are checked analytically
 
 

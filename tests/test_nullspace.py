@@ -1,6 +1,5 @@
 """Null-space thresholds (absolute / relative / energy) against eigenvectors selected by hand from a
 numpy eigen-decomposition, and the rule that LangEdit's updated covariances are cut at C0's level."""
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from langedit.editing.hparams import Hparams
 from langedit.editing.nullspace import (THRESHOLD_KINDS, check_threshold, eigenvalue_cutoff, null_dimension,
                                         projector_from_cov, reference_projector)
 from langedit.models.tiny import build_tiny_model
+from edit_requests import CORPUS, MIXED_REQUESTS
 
 D = 40
 
@@ -117,21 +117,7 @@ def test_every_hparams_file_names_a_known_kind():
 
 # ----- on a tiny model: the methods use the cutoff fixed on C0 --------------------------------------
 
-@dataclass(frozen=True)
-class Req:
-    prompt: str
-    subject: str
-    target: str
-    language: str = "en"
-    paraphrase: str = "Where is it?"
-    locality_prompt: str = "nq question: who wrote hamlet"
-    locality_answer: str = "Shakespeare"
-
-
-REQUESTS = [Req("When was the inception of {}?", "IAAF Combined Events Challenge", "2006"),
-            Req("Which country is {} in?", "Bad Salzdetfurth", "Italy"),
-            Req("{} was born in", "Anna Maria", "Paris France", language="de")]
-CORPUS = ["The quick brown fox jumps over the lazy dog near the river bank today."] * 40
+REQUESTS = MIXED_REQUESTS
 
 
 def tiny_editor(tok, method, cache, **overrides):

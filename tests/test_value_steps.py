@@ -1,7 +1,6 @@
 """Stopped value-target requests cost nothing: a request whose loss is already below the early-stop
 threshold leaves the step loop after its first loss, its rows run in no later forward/backward,
 every v* still equals the per-request reference loop, and the step counts equal the reference's."""
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -12,22 +11,12 @@ from langedit.editing.value_reference import compute_value_one
 from langedit.editing.values import ValueSettings, compute_values
 from langedit.models import get_module
 from langedit.models.tiny import build_tiny_model
+from edit_requests import BORN_EN, CORPUS, COUNTRY, INCEPTION
 
 
-@dataclass(frozen=True)
-class Req:
-    prompt: str
-    subject: str
-    target: str
-    language: str = "en"
-
-
-REQUESTS = [Req("When was the inception of {}?", "IAAF Combined Events Challenge", "2006"),
-            Req("Which country is {} in?", "Bad Salzdetfurth", "Italy"),
-            Req("{} was born in", "Anna Maria", "Paris France")]
+REQUESTS = [INCEPTION, COUNTRY, BORN_EN]
 TEMPLATES = [["{}"], ["The cat sat. {}", "Because I said so. {}"]]
 ROWS_PER_REQUEST = 3 + 1   # its three templated prompts and its KL prompt
-CORPUS = ["The quick brown fox jumps over the lazy dog near the river bank today."] * 40
 
 
 @pytest.fixture(scope="module")
