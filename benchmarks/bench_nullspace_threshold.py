@@ -27,6 +27,7 @@ import contextlib
 import csv
 import hashlib
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -67,6 +68,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--per-language", type=int, default=2, help="edits of every later language (one batch each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=results_dir() / "benchmarks" / "nullspace_threshold.csv")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the run folders here (~0.5 GB each): a rerun reads finished runs back and "
+                             "redoes unfinished ones (default: a temporary folder)")
     return parser.parse_args()
 
 
@@ -117,6 +121,12 @@ def disjoint_requests(languages: list[str], first: int, later: int, seed: int) -
     return out
 
 
+def finished(folder: Path, n_languages: int) -> bool:
+    """All batches (one per language) and all evaluations (pre-edit, then every language so far) recorded."""
+    lines = lambda name: len((folder / name).read_text().splitlines()) if (folder / name).exists() else 0
+    return lines("batches.jsonl") == n_languages and lines("evals.jsonl") == n_languages * (n_languages + 3) // 2
+
+
 def run_one(lm, method_spec: str, kind: str, value: float, requests, order, workdir: Path) -> tuple[list[dict], float]:
     method, _, variant = method_spec.partition(":")
     overrides = {"nullspace_threshold_kind": kind, "nullspace_threshold": value}
@@ -129,9 +139,11 @@ def run_one(lm, method_spec: str, kind: str, value: float, requests, order, work
         return editors[-1]
 
     start = time.perf_counter()
+    folder = workdir / f"{method_spec.replace(':', '-')}-{kind}-{value:g}"
+    if folder.exists() and not finished(folder, len(order)):
+        shutil.rmtree(folder)          # an interrupted run starts again (a finished one is read back)
     run = SequentialRun(lm, method, requests, order, batch_size=max(len(r) for r in requests.values()),
-                        out_dir=workdir / f"{method_spec.replace(':', '-')}-{kind}-{value:g}", progress=False,
-                        editor_factory=factory, **overrides)
+                        out_dir=folder, progress=False, editor_factory=factory, **overrides)
     evals = run.run()
     seconds = time.perf_counter() - start
     batches = run.batches().sort_values("batch")
@@ -180,10 +192,12 @@ def main() -> None:
     Editor(lm, method="alphaedit", progress=True).prepare()     # key statistics once (disk-cached), not in a run's time
     rows: list[dict] = []
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as workdir, memoized_values() as memo:
+    with contextlib.ExitStack() as stack:
+        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        memo = stack.enter_context(memoized_values())
         for kind, value in args.thresholds:
             for method in args.methods:
-                found, seconds = run_one(lm, method, kind, value, requests, args.languages, Path(workdir))
+                found, seconds = run_one(lm, method, kind, value, requests, args.languages, workdir)
                 rows += found
                 print(f"{kind} {value:g} {method}: {seconds:.0f} s, one-batch Efficacy {found[0]['efficacy_one_batch']:.1f}",
                       flush=True)
