@@ -6,7 +6,8 @@ a first batch of English MzsRE edits, then one batch per further language, each 
 of the first and the last batch, and the leakage of earlier edited keys into each later update
 (`BatchReport.leakage` = ||dW K_prev|| / (||dW|| ||K_prev||)); per run the Efficacy of the first
 batch right after it (one-batch Efficacy) and every language's Efficacy at the end. Writes a CSV
-and prints a table; asserts nothing.
+and prints a table (Loc: agreement with the unedited model on the first batch's locality prompts);
+asserts nothing.
 
     .venv/bin/python benchmarks/bench_nullspace_threshold.py            # Gemma-3-270M on CPU: 12 runs, 25 batches
     .venv/bin/python benchmarks/bench_nullspace_threshold.py --thresholds absolute:0.02 energy:0.01 \\
@@ -147,7 +148,9 @@ def run_one(lm, method_spec: str, kind: str, value: float, requests, order, work
     evals = run.run()
     seconds = time.perf_counter() - start
     batches = run.batches().sort_values("batch")
-    efficacy = {(r.after, r.language): r.efficacy for r in evals.itertuples()}
+    scores = {(r.after, r.language): r for r in evals.itertuples()}
+    efficacy = {step: r.efficacy for step, r in scores.items()}
+    one_batch = scores[(order[0], order[0])]
     cutoffs = editors[0].method.cutoffs
     rows = []
     for layer in editors[0].layers:
@@ -157,7 +160,9 @@ def run_one(lm, method_spec: str, kind: str, value: float, requests, order, work
                "null_dim_last": batches.iloc[-1]["null_dimension"][str(layer)]}
         for record in batches.iloc[1:].itertuples():
             row[f"leakage_{record.language}"] = record.leakage[str(layer)]
-        row["efficacy_one_batch"] = efficacy[(order[0], order[0])]
+        row["efficacy_one_batch"] = one_batch.efficacy
+        row.update({f"{metric}_one_batch": getattr(one_batch, metric)
+                    for metric in ("generality", "specificity", "locality_agreement")})
         row.update({f"efficacy_{language}_final": efficacy[(order[-1], language)] for language in order})
         row["pre_edit_efficacy"] = sum(efficacy[("pre-edit", l)] for l in order) / len(order)
         rows.append(row)
@@ -172,11 +177,11 @@ def print_table(frame: pd.DataFrame, order: list[str]) -> None:
         first = part.drop_duplicates("layer").set_index("layer")
         print("cutoff per layer   " + "  ".join(f"L{l} {c:.2e}" for l, c in first["cutoff"].items()))
         print("null dim (batch 1) " + "  ".join(f"L{l} {int(d):4d}" for l, d in first["null_dim_first"].items()))
-        print(f"{'method':22s} {'one-batch Eff':>13s} " + " ".join(f"Eff {l} end" for l in order)
+        print(f"{'method':22s} {'1-batch Eff':>11s} {'Loc':>5s} " + " ".join(f"Eff {l} end" for l in order)
               + "   leakage per layer (mean over later batches)")
         for method, rows in part.groupby("method", sort=False):
             r = rows.iloc[0]
-            print(f"{method:22s} {r['efficacy_one_batch']:13.1f} "
+            print(f"{method:22s} {r['efficacy_one_batch']:11.1f} {r['locality_agreement_one_batch']:5.1f} "
                   + " ".join(f"{r[f'efficacy_{l}_final']:10.1f}" for l in order) + "   "
                   + " ".join(f"{v:.3f}" for v in rows.sort_values("layer")["leakage"]))
 
