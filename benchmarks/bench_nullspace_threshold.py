@@ -6,7 +6,8 @@ a first batch of English MzsRE edits, then one batch per further language, each 
 of the first and the last batch, and the leakage of earlier edited keys into each later update
 (`BatchReport.leakage` = ||dW K_prev|| / (||dW|| ||K_prev||)); per run the Efficacy of the first
 batch right after it (one-batch Efficacy) and every language's Efficacy at the end. Writes a CSV
-and prints a table; asserts nothing.
+and prints a table (Loc: agreement with the unedited model on the first batch's locality prompts);
+asserts nothing.
 
     .venv/bin/python benchmarks/bench_nullspace_threshold.py            # Gemma-3-270M on CPU: 12 runs, 25 batches
     .venv/bin/python benchmarks/bench_nullspace_threshold.py --thresholds absolute:0.02 energy:0.01 \\
@@ -27,6 +28,7 @@ import contextlib
 import csv
 import hashlib
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -67,6 +69,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--per-language", type=int, default=2, help="edits of every later language (one batch each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=results_dir() / "benchmarks" / "nullspace_threshold.csv")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the run folders here (~0.5 GB each): a rerun reads finished runs back and "
+                             "redoes unfinished ones (default: a temporary folder)")
     return parser.parse_args()
 
 
@@ -117,6 +122,12 @@ def disjoint_requests(languages: list[str], first: int, later: int, seed: int) -
     return out
 
 
+def finished(folder: Path, n_languages: int) -> bool:
+    """All batches (one per language) and all evaluations (pre-edit, then every language so far) recorded."""
+    lines = lambda name: len((folder / name).read_text().splitlines()) if (folder / name).exists() else 0
+    return lines("batches.jsonl") == n_languages and lines("evals.jsonl") == n_languages * (n_languages + 3) // 2
+
+
 def run_one(lm, method_spec: str, kind: str, value: float, requests, order, workdir: Path) -> tuple[list[dict], float]:
     method, _, variant = method_spec.partition(":")
     overrides = {"nullspace_threshold_kind": kind, "nullspace_threshold": value}
@@ -129,13 +140,17 @@ def run_one(lm, method_spec: str, kind: str, value: float, requests, order, work
         return editors[-1]
 
     start = time.perf_counter()
+    folder = workdir / f"{method_spec.replace(':', '-')}-{kind}-{value:g}"
+    if folder.exists() and not finished(folder, len(order)):
+        shutil.rmtree(folder)          # an interrupted run starts again (a finished one is read back)
     run = SequentialRun(lm, method, requests, order, batch_size=max(len(r) for r in requests.values()),
-                        out_dir=workdir / f"{method_spec.replace(':', '-')}-{kind}-{value:g}", progress=False,
-                        editor_factory=factory, **overrides)
+                        out_dir=folder, progress=False, editor_factory=factory, **overrides)
     evals = run.run()
     seconds = time.perf_counter() - start
     batches = run.batches().sort_values("batch")
-    efficacy = {(r.after, r.language): r.efficacy for r in evals.itertuples()}
+    scores = {(r.after, r.language): r for r in evals.itertuples()}
+    efficacy = {step: r.efficacy for step, r in scores.items()}
+    one_batch = scores[(order[0], order[0])]
     cutoffs = editors[0].method.cutoffs
     rows = []
     for layer in editors[0].layers:
@@ -145,7 +160,9 @@ def run_one(lm, method_spec: str, kind: str, value: float, requests, order, work
                "null_dim_last": batches.iloc[-1]["null_dimension"][str(layer)]}
         for record in batches.iloc[1:].itertuples():
             row[f"leakage_{record.language}"] = record.leakage[str(layer)]
-        row["efficacy_one_batch"] = efficacy[(order[0], order[0])]
+        row["efficacy_one_batch"] = one_batch.efficacy
+        row.update({f"{metric}_one_batch": getattr(one_batch, metric)
+                    for metric in ("generality", "specificity", "locality_agreement")})
         row.update({f"efficacy_{language}_final": efficacy[(order[-1], language)] for language in order})
         row["pre_edit_efficacy"] = sum(efficacy[("pre-edit", l)] for l in order) / len(order)
         rows.append(row)
@@ -160,11 +177,11 @@ def print_table(frame: pd.DataFrame, order: list[str]) -> None:
         first = part.drop_duplicates("layer").set_index("layer")
         print("cutoff per layer   " + "  ".join(f"L{l} {c:.2e}" for l, c in first["cutoff"].items()))
         print("null dim (batch 1) " + "  ".join(f"L{l} {int(d):4d}" for l, d in first["null_dim_first"].items()))
-        print(f"{'method':22s} {'one-batch Eff':>13s} " + " ".join(f"Eff {l} end" for l in order)
+        print(f"{'method':22s} {'1-batch Eff':>11s} {'Loc':>5s} " + " ".join(f"Eff {l} end" for l in order)
               + "   leakage per layer (mean over later batches)")
         for method, rows in part.groupby("method", sort=False):
             r = rows.iloc[0]
-            print(f"{method:22s} {r['efficacy_one_batch']:13.1f} "
+            print(f"{method:22s} {r['efficacy_one_batch']:11.1f} {r['locality_agreement_one_batch']:5.1f} "
                   + " ".join(f"{r[f'efficacy_{l}_final']:10.1f}" for l in order) + "   "
                   + " ".join(f"{v:.3f}" for v in rows.sort_values("layer")["leakage"]))
 
@@ -180,10 +197,12 @@ def main() -> None:
     Editor(lm, method="alphaedit", progress=True).prepare()     # key statistics once (disk-cached), not in a run's time
     rows: list[dict] = []
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as workdir, memoized_values() as memo:
+    with contextlib.ExitStack() as stack:
+        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        memo = stack.enter_context(memoized_values())
         for kind, value in args.thresholds:
             for method in args.methods:
-                found, seconds = run_one(lm, method, kind, value, requests, args.languages, Path(workdir))
+                found, seconds = run_one(lm, method, kind, value, requests, args.languages, workdir)
                 rows += found
                 print(f"{kind} {value:g} {method}: {seconds:.0f} s, one-batch Efficacy {found[0]['efficacy_one_batch']:.1f}",
                       flush=True)
