@@ -195,10 +195,19 @@ class Editor:
     def templates_for(self, requests: Sequence[Request]) -> list[list[list[str]]]:
         return [self.templates(request_language(r)) for r in requests]
 
-    def apply(self, requests: Sequence[Request]) -> BatchReport:
-        """Edit all `requests` as one batch; returns timings, update norms and diagnostics."""
+    def apply(self, requests: Sequence[Request], values: torch.Tensor | None = None) -> BatchReport:
+        """Edit all `requests` as one batch; returns timings, update norms and diagnostics.
+
+        `values`: value targets v* [B, d] (request order) computed elsewhere, e.g. once for several
+        solver settings (benchmarks/diagnose_batch_size.py); only valid for a model in the state they
+        were computed on. Multi-layer methods only; by default v* is optimised here."""
         if len(requests) == 0:
             raise ValueError("Editor.apply got an empty batch of requests")
+        if values is not None:
+            if not self.method.accepts_values:
+                raise ValueError(f"method {self.method_name!r} optimises its own targets; it takes no given values")
+            if values.shape[0] != len(requests):
+                raise ValueError(f"{values.shape[0]} value targets for {len(requests)} requests")
         for request in requests:
             check_request(request)
             request_language(request)
@@ -208,7 +217,8 @@ class Editor:
         previous_kk = {layer: kk.clone() for layer, kk in self.edited_kk.items()}
         report = BatchReport(n_edits=len(requests), seconds=0.0, peak_memory_bytes=0)
         with Measure(self.lm.device if hasattr(self.lm, "device") else "cpu") as measured:
-            self.method.apply(list(requests), report)
+            self.method.apply(list(requests), report, values) if values is not None else \
+                self.method.apply(list(requests), report)
             self.record_edited_keys(list(requests))
         report.seconds, report.peak_memory_bytes = measured.seconds, measured.peak_bytes
         report.added_memory_bytes = measured.added_bytes

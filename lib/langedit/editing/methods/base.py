@@ -24,7 +24,10 @@ class Method:
     def prepare(self) -> None:
         """Called before every batch; compute statistics / projections the first time."""
 
-    def apply(self, requests: Sequence[Request], report) -> None:
+    #: whether apply() accepts value targets v* computed elsewhere (Editor.apply(..., values=...))
+    accepts_values = False
+
+    def apply(self, requests: Sequence[Request], report, values=None) -> None:
         raise NotImplementedError
 
     def keys_of_batch(self) -> dict[int, torch.Tensor]:

@@ -46,14 +46,20 @@ class MultiLayerMethod(Method):
     def value_settings(self) -> ValueSettings:
         return self.hp.value_settings()
 
-    def apply(self, requests: Sequence[Request], report) -> None:
+    accepts_values = True
+
+    def apply(self, requests: Sequence[Request], report, values: torch.Tensor | None = None) -> None:
         ed = self.editor
         templates = ed.templates_for(requests)
-        start = time.perf_counter()
-        found = compute_values(ed.model, ed.tokenizer, ed.arch, requests, templates, self.value_settings(), ed.progress)
-        report.value_seconds += time.perf_counter() - start
-        targets = found.values
-        report.value_steps += found.steps
+        if values is None:
+            start = time.perf_counter()
+            found = compute_values(ed.model, ed.tokenizer, ed.arch, requests, templates, self.value_settings(),
+                                   ed.progress)
+            report.value_seconds += time.perf_counter() - start
+            targets = found.values
+            report.value_steps += found.steps
+        else:
+            targets = values.to(ed.lm.device).float()
         bare = bare_batch(ed.tokenizer, requests)
         last = ed.arch.layer_name(self.hp.value_layer)
         self._batch_keys = {}
@@ -95,9 +101,9 @@ class Rect(Memit):
     The relative change is measured against the weights before the batch."""
     name = "rect"
 
-    def apply(self, requests, report):
+    def apply(self, requests, report, values=None):
         self._before = {layer: self.editor.weight(layer).detach().clone() for layer in self.layers}
-        super().apply(requests, report)
+        super().apply(requests, report, values)
 
     def after_updates(self, updates):
         ed = self.editor
