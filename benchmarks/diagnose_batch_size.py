@@ -51,7 +51,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--language", default="en")
     parser.add_argument("--edits", type=int, default=100)
-    parser.add_argument("--small-batch", type=int, default=10)
+    parser.add_argument("--small-batch", type=int, default=10, help="0: only the batch of all edits")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--settings", type=json.loads, default=DEFAULT_SETTINGS,
                         help='JSON list of [method, {overrides}] pairs')
@@ -103,7 +103,7 @@ def run_setting(lm, method: str, overrides: dict, requests, values, small: int, 
     last = probe.arch.layer_name(probe.hparams.value_layer)
     before = read_at_lookup(lm.model, bare_batch(lm.tokenizer, requests), [last])[last].float()
     rows = []
-    for size in (len(requests), small):
+    for size in (len(requests), small) if small else (len(requests),):
         scores: dict[str, list[float]] = {"efficacy": [], "generality": [], "specificity": []}
         shares, norms = [], []
         start = time.perf_counter()
