@@ -32,7 +32,7 @@ def headline(results: Path) -> str:
     for metric in METRICS:
         if f"{metric}_mean" in ours:
             table[f"{metric} (ours)"] = ours[f"{metric}_mean"]
-    paper = paper_table(1)
+    paper = paper_table(1, dataset="mzsre")  # ours is the mzsre run
     if not paper.empty:
         llama = paper[paper["model"] == "Llama3-8B"].set_index("method")
         for metric in METRICS:

@@ -181,20 +181,30 @@ def paired_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]
     return float(result.statistic), float(result.pvalue)
 
 
-def paper_table(table: int, metric_map: dict[str, str] | None = None) -> pd.DataFrame:
-    """The paper's reported numbers of `table` as a wide frame (model x method x metric), labelled as the paper's.
+def paper_table(table: int, dataset: str | None = None) -> pd.DataFrame:
+    """The paper's reported numbers of `table`, labelled as the paper's (column `source`).
 
-    An empty frame (with a note printed) where the table is not stored: see lib/langedit/paper/README.md."""
-    from .paper_results import PaperTableNotAvailable, load_paper_table
+    Table 1 comes wide, one row per (model, dataset, method) in the paper's order with one column of means
+    per metric (its stds and significance marks: langedit.paper_results.load_paper_table(1)); `dataset`
+    ("mzsre" or "bzsre") keeps one half of it. Other tables come as stored (lib/langedit/paper/README.md)."""
+    from .paper_results import load_paper_table
 
-    try:
-        frame = load_paper_table(table)
-    except PaperTableNotAvailable as error:
-        print(f"paper Table {table}: not stored in this suite ({error}); see lib/langedit/paper/README.md")
-        return pd.DataFrame()
-    wide = frame.pivot_table(index=["model", "method"], columns="metric", values="value", aggfunc="first").reset_index()
-    wide.insert(0, "source", "paper (reported)")
-    return wide
+    frame = load_paper_table(table)
+    if dataset is not None:
+        if "dataset" not in frame:
+            raise ValueError(f"paper Table {table} has no dataset column; dataset={dataset!r} cannot select rows")
+        if dataset not in set(frame["dataset"]):
+            raise ValueError(f"paper Table {table} has no dataset {dataset!r}; it has {sorted(set(frame['dataset']))}")
+        frame = frame[frame["dataset"] == dataset]
+    if "metric" in frame:
+        keys = ["model", "dataset", "method"]
+        wide = frame.pivot(index=keys, columns="metric", values="mean")
+        # pivot sorts rows and columns alphabetically; keep the paper's order of rows and metrics instead
+        wide = frame[keys].drop_duplicates().merge(wide.reset_index(), on=keys, how="left")
+        frame = wide[keys + list(dict.fromkeys(frame["metric"]))]
+    frame = frame.reset_index(drop=True)
+    frame.insert(0, "source", "paper (reported)")
+    return frame
 
 
 def resolve(profile: str, **given) -> dict:
