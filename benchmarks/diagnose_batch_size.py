@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +33,9 @@ from langedit.data import load_mzsre
 from langedit.editing import Editor
 from langedit.editing.activations import bare_batch, read_at_lookup
 from langedit.editing.metrics import edit_metrics
+from langedit.editing.tokens import encode, fill, target_ids
 from langedit.editing.values import compute_values
+from langedit.models.architecture import get_module
 from langedit.paths import results_dir
 
 #: (method, overrides) pairs; overrides in the hparams' names. The first of each method is its default.
@@ -55,6 +58,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--settings", type=json.loads, default=DEFAULT_SETTINGS,
                         help='JSON list of [method, {overrides}] pairs')
+    parser.add_argument("--by-site", action="store_true", help="also Efficacy with dW only at / only away from the subject")
     parser.add_argument("--workdir", type=Path, required=True, help="v* is kept here (a rerun reuses it)")
     parser.add_argument("--out", type=Path, default=results_dir() / "benchmarks" / "batch_size_diagnosis.csv")
     return parser.parse_args()
@@ -89,13 +93,50 @@ def score(editor: Editor, requests) -> dict[str, list[float]]:
     return edit_metrics(editor.model, editor.tokenizer, editor.arch, requests)
 
 
+@torch.no_grad()
+def efficacy_by_site(editor: Editor, requests) -> dict[str, float]:
+    """Efficacy (%) with the batch's update dW acting only at the subject's last token of the edit
+    prompt (`subject_only`) or only at every other position (`elsewhere_only`; the unedited model's
+    W_out at the subject): whether the edit fails where it is written or through what it does elsewhere."""
+    model, tokenizer, arch = editor.model, editor.tokenizer, editor.arch
+    out = {}
+    for site in ("subject_only", "elsewhere_only"):
+        accuracies = []
+        for request in requests:
+            text, span = fill("{}", request.prompt, request.subject)
+            lookup = int(encode(tokenizer, [text], [span]).lookup[0])
+            answer = target_ids(tokenizer, request.target)
+            ids = tokenizer(text)["input_ids"] + answer[:-1]
+            at_subject = torch.zeros(1, len(ids), 1, dtype=torch.bool)
+            at_subject[0, lookup] = True
+            keep = at_subject if site == "subject_only" else ~at_subject
+
+            def mask_update(module, args, output, original=None):
+                unedited = torch.nn.functional.linear(args[0], original.to(args[0].dtype))
+                return unedited + keep.to(output.device) * (output - unedited)
+
+            handles = [get_module(model, arch.mlp_out_name(layer)).register_forward_hook(
+                partial(mask_update, original=editor.original[layer])) for layer in editor.layers]
+            try:
+                logits = model(torch.tensor([ids], device=editor.lm.device)).logits[0]
+            finally:
+                for handle in handles:
+                    handle.remove()
+            first = len(ids) - len(answer)
+            predicted = logits[first:first + len(answer)].argmax(-1).tolist()
+            accuracies.append(sum(int(a == p) for a, p in zip(answer, predicted)) / len(answer))
+        out[f"efficacy_{site}"] = 100 * sum(accuracies) / len(accuracies)
+    return out
+
+
 def fresh_editor(lm, method: str, overrides: dict, statistics=None) -> Editor:
     editor = Editor(lm, method=method, progress=False, key_statistics=statistics, **overrides)
     editor.prepare()
     return editor
 
 
-def run_setting(lm, method: str, overrides: dict, requests, values, small: int, templates) -> list[dict]:
+def run_setting(lm, method: str, overrides: dict, requests, values, small: int, templates,
+                by_site: bool = False) -> list[dict]:
     probe = fresh_editor(lm, method, overrides)
     if probe.templates_for(requests[:1]) != templates[:1]:
         raise RuntimeError("the context templates differ from those v* was optimised with")
@@ -105,7 +146,7 @@ def run_setting(lm, method: str, overrides: dict, requests, values, small: int, 
     rows = []
     for size in (len(requests), small) if small else (len(requests),):
         scores: dict[str, list[float]] = {"efficacy": [], "generality": [], "specificity": []}
-        shares, norms = [], []
+        shares, norms, sites = [], [], []
         start = time.perf_counter()
         for first in range(0, len(requests), size):
             part = slice(first, first + size)
@@ -116,15 +157,20 @@ def run_setting(lm, method: str, overrides: dict, requests, values, small: int, 
                 if metric in scores:
                     scores[metric] += found
             shares += realised(editor, requests[part], values[part], before[part])
+            if by_site:
+                sites.append(efficacy_by_site(editor, requests[part]))
             editor.restore()
         rows.append({"method": method, "overrides": json.dumps(overrides), "batch_size": size,
                      **{metric: 100 * sum(v) / len(v) for metric, v in scores.items()},
                      "realised_mean": sum(shares) / len(shares), "realised_min": min(shares),
-                     "update_norm_sum": sum(norms) / len(norms), "seconds": time.perf_counter() - start})
+                     "update_norm_sum": sum(norms) / len(norms), "seconds": time.perf_counter() - start,
+                     **({k: sum(x[k] for x in sites) / len(sites) for k in sites[0]} if sites else {})})
         r = rows[-1]
         print(f"{method:9s} {json.dumps(overrides):38s} batch {size:3d}  eff {r['efficacy']:5.1f} "
               f"gen {r['generality']:5.1f} spec {r['specificity']:5.1f} realised {r['realised_mean']:.3f} "
-              f"(min {r['realised_min']:.3f}) |dW| {r['update_norm_sum']:.2f}  {r['seconds']:.0f} s", flush=True)
+              f"(min {r['realised_min']:.3f}) |dW| {r['update_norm_sum']:.2f}  {r['seconds']:.0f} s"
+              + (f"  eff dW at subject only {r['efficacy_subject_only']:5.1f}, elsewhere only "
+                 f"{r['efficacy_elsewhere_only']:5.1f}" if sites else ""), flush=True)
     return rows
 
 
@@ -136,7 +182,7 @@ def main() -> None:
     values, templates = values_for(first, requests, args.workdir), first.templates_for(requests)
     rows = []
     for method, overrides in args.settings:
-        rows += run_setting(lm, method, overrides, requests, values, args.small_batch, templates)
+        rows += run_setting(lm, method, overrides, requests, values, args.small_batch, templates, args.by_site)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows).to_csv(args.out, index=False, float_format="%.4g")
     print(f"written {args.out}")
