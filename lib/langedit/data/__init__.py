@@ -9,7 +9,8 @@ from .download import (ChecksumMismatchError, DataDirectoryMissingError, DataFil
                        load_manifest, source_url)
 from .mlake import MLAKE_LANGUAGES, PAPER_MLAKE_LANGUAGES, MultiHopQuestion, load_mlake, load_mlake_multi_hop, locate_mlake
 from .mzsre import FACT_DESIGNS, MzsrePool, load_mzsre, load_mzsre_pool
-from .records import LANGUAGES, DataFormatError, EditRequest, RejectedRecord
+from .records import (EXTRA_MZSRE_LANGUAGES, LANGUAGES, MZSRE_LANGUAGES_ALL, DataFormatError, EditRequest,
+                      RejectedRecord)
 from .report import subject_location_report
 from .subjects import FUZZY_THRESHOLD, RULES, SubjectLocation, locate_subject, subject_token_range, template_from_span
 
@@ -18,7 +19,8 @@ __all__ = [
     "ChecksumMismatchError", "DataDirectoryMissingError",
     "DataFileMissingError", "ensure_data_file", "load_manifest", "source_url", "MLAKE_LANGUAGES",
     "PAPER_MLAKE_LANGUAGES", "MultiHopQuestion", "load_mlake", "load_mlake_multi_hop", "locate_mlake", "MzsrePool",
-    "FACT_DESIGNS", "load_mzsre", "load_mzsre_pool", "LANGUAGES", "DataFormatError", "EditRequest", "RejectedRecord",
+    "FACT_DESIGNS", "load_mzsre", "load_mzsre_pool", "LANGUAGES", "MZSRE_LANGUAGES_ALL", "EXTRA_MZSRE_LANGUAGES",
+    "DataFormatError", "EditRequest", "RejectedRecord",
     "subject_location_report", "FUZZY_THRESHOLD", "RULES", "SubjectLocation", "locate_subject",
     "subject_token_range", "template_from_span",
 ]

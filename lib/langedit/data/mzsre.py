@@ -1,10 +1,13 @@
-"""MzsRE (multilingual zsRE, from ReMaKE) as edit requests in en/de/nl/es/fr/zh.
+"""MzsRE (multilingual zsRE, from ReMaKE) as edit requests in the paper's six languages
+(en/de/nl/es/fr/zh, ``LANGUAGES``, the default everywhere) or all twelve MzsRE has
+(``MZSRE_LANGUAGES_ALL``: also cs/pt/ru/th/tr/vi).
 
 Each pair file ``mzsre/mzsre_test_duplicate_en<xx>.json`` holds records ``{"en": {...}, "<xx>": {...}}``
 for the same facts in the same order, so the record index is a fact id shared across languages
-(``case_id``). Dutch is ``du`` in the file names and ``nl`` in this API. English requests come from
-the ``en`` side of the en-de file; every other language's ``english_twin`` is the ``en`` side of its
-own pair file (identical across files).
+(``case_id``). The API uses ISO 639-1 codes; the files' own codes appear only in file names and
+record keys: Dutch is ``du`` there and ``nl`` here, Czech ``cz`` there and ``cs`` here
+(``FILE_CODES``). English requests come from the ``en`` side of the en-de file; every other
+language's ``english_twin`` is the ``en`` side of its own pair file (identical across files).
 
 Two designs of which facts each language edits (``design``), both from one seeded permutation of
 all case ids, walked in order, keeping a case only if its subject was located in *every* requested
@@ -33,20 +36,41 @@ from typing import Any
 import pandas as pd
 
 from .download import manifest_entry, read_json
-from .records import LANGUAGES, DataFormatError, EditRequest, RejectedRecord
+from .records import LANGUAGES, MZSRE_LANGUAGES_ALL, DataFormatError, EditRequest, RejectedRecord
 from .report import subject_location_report
 from .subjects import locate_subject, template_from_span
 
 logger = logging.getLogger(__name__)
 
-#: Our language code -> the code used in the ReMaKE file names.
-FILE_CODES: dict[str, str] = {"de": "de", "nl": "du", "es": "es", "fr": "fr", "zh": "zh"}
+#: Our (ISO) language code -> the code used in the ReMaKE file names and record keys.
+FILE_CODES: dict[str, str] = {"de": "de", "nl": "du", "es": "es", "fr": "fr", "zh": "zh",
+                              "cs": "cz", "pt": "pt", "ru": "ru", "th": "th", "tr": "tr", "vi": "vi"}
+#: File codes that differ from the ISO code -> the language's name (for error messages).
+_FILE_ONLY_CODES: dict[str, str] = {"du": "Dutch", "cz": "Czech"}
 TEXT_FIELDS: tuple[str, ...] = ("subject", "src", "rephrase", "alt", "loc", "loc_ans")
+
+
+def _unsupported(language: str) -> ValueError:
+    hint = ""
+    if language in _FILE_ONLY_CODES:
+        iso = next(code for code, file in FILE_CODES.items() if file == language)
+        hint = f" ({_FILE_ONLY_CODES[language]} is {iso!r} in this API; {language!r} only appears in file names)"
+    return ValueError(f"unsupported MzsRE language {language!r}{hint}; "
+                      f"supported: {', '.join(MZSRE_LANGUAGES_ALL)}")
+
+
+def file_code(language: str) -> str:
+    """The code of ``language`` in MzsRE's file names and record keys (``cs`` -> ``cz``, ``nl`` -> ``du``)."""
+    if language == "en":
+        return "en"
+    if language not in FILE_CODES:
+        raise _unsupported(language)
+    return FILE_CODES[language]
 
 
 def mzsre_relative_path(language: str) -> str:
     """Data-directory path of the pair file that holds ``language`` (English: the en-de file)."""
-    return f"mzsre/mzsre_test_duplicate_en{FILE_CODES.get(language, 'de')}.json"
+    return f"mzsre/mzsre_test_duplicate_en{'de' if language == 'en' else file_code(language)}.json"
 
 
 @dataclass(frozen=True)
@@ -69,15 +93,15 @@ class MzsrePool:
 
 
 def normalize_languages(languages: str | Iterable[str]) -> list[str]:
-    """Validate the language list: known codes, no duplicates, not empty (ValueError otherwise)."""
+    """Validate the language list: known codes (any of ``MZSRE_LANGUAGES_ALL``), no duplicates, not
+    empty (ValueError otherwise, naming the supported codes)."""
     requested = [languages] if isinstance(languages, str) else list(languages)
     if not requested:
-        raise ValueError(f"no languages requested; supported MzsRE languages: {', '.join(LANGUAGES)}")
+        raise ValueError(f"no languages requested; supported MzsRE languages: {', '.join(MZSRE_LANGUAGES_ALL)}"
+                         f" (the paper's six: {', '.join(LANGUAGES)})")
     for language in requested:
-        if language not in LANGUAGES:
-            hint = " (Dutch is 'nl' in this API; 'du' only appears in file names)" if language == "du" else ""
-            raise ValueError(
-                f"unsupported MzsRE language {language!r}{hint}; supported: {', '.join(LANGUAGES)}")
+        if language not in MZSRE_LANGUAGES_ALL:
+            raise _unsupported(language)
     duplicates = sorted({lang for lang in requested if requested.count(lang) > 1})
     if duplicates:
         raise ValueError(f"languages listed more than once: {duplicates}")
@@ -107,7 +131,7 @@ def parse_pairs(records: Any, relative: str, language: str) -> list[tuple[dict, 
 
     Errors name the file, the record index and the field, so a bad upstream version is easy to find.
     """
-    code = "en" if language == "en" else FILE_CODES[language]
+    code = file_code(language)
     if not isinstance(records, list):
         raise DataFormatError(f"{relative}: expected a list of records, got {type(records).__name__}")
     pairs = []

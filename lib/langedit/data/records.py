@@ -11,6 +11,11 @@ from dataclasses import dataclass
 
 #: Languages of the MzsRE experiments, in the paper's order. ``nl`` is Dutch everywhere in our API.
 LANGUAGES: tuple[str, ...] = ("en", "de", "nl", "es", "fr", "zh")
+#: The six further languages MzsRE has beyond the paper's (ISO 639-1 codes; Czech is ``cz`` in the
+#: file names): Czech, Portuguese, Russian, Thai, Turkish, Vietnamese.
+EXTRA_MZSRE_LANGUAGES: tuple[str, ...] = ("cs", "pt", "ru", "th", "tr", "vi")
+#: All twelve MzsRE languages: the paper's six first, in its order, then the other six.
+MZSRE_LANGUAGES_ALL: tuple[str, ...] = LANGUAGES + EXTRA_MZSRE_LANGUAGES
 
 
 class DataFormatError(ValueError):

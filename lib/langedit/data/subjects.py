@@ -6,13 +6,17 @@ in 30-55 % of the de/nl/es/fr records (the two were machine-translated separatel
 subject string" is not enough. This module applies a fixed cascade of rules, from the most to the
 least literal, and records which rule fired so that every experiment can report it:
 
-``exact``      the subject string occurs verbatim, on word boundaries;
+``exact``      the subject string occurs verbatim, on word boundaries (scripts written without spaces,
+               CJK and Thai, have no word boundaries to respect, but a span never splits a Thai
+               character from its vowel and tone marks);
 ``normalized`` it occurs after Unicode compatibility folding, case folding, removal of diacritics and
                unification of apostrophes, quotes and dashes (``Mark 19 Torpedo`` ~ ``Mark 19-Torpedo``);
+               Thai is left as written (its vowel and tone marks are spelling, not accents);
 ``english``    the English subject of the same fact occurs (verbatim or normalized): translators
                often keep names and titles in English;
 ``fuzzy``      the contiguous word span of the question (single characters for CJK scripts) most
-               similar to the translated or English subject, accepted only if the similarity is at
+               similar to the translated or English subject (a "word" is one character in CJK, one
+               character with its dependent vowels and marks in Thai), accepted only if the similarity is at
                least ``FUZZY_THRESHOLD`` and the span starts and ends on a word that resembles a word
                of the subject and is not a lowercase function word (``de``, ``la``, ``van``);
 ``unlocated``  nothing above applies: the record is rejected, never edited at a guessed token.
@@ -39,22 +43,39 @@ RULES: tuple[str, ...] = (EXACT, NORMALIZED, ENGLISH, FUZZY, SHARED_SPAN, UNLOCA
 FUZZY_THRESHOLD = 0.8
 #: Minimum ratio for a boundary word of a fuzzy span to count as "resembling" a subject word.
 BOUNDARY_WORD_THRESHOLD = 0.6
-#: Lowercase articles, prepositions and conjunctions of en/de/nl/es/fr that a fuzzy span may not
-#: start or end on (``de Mariposas``, ``Asociación Regionalista de``).
+#: Lowercase articles, prepositions and conjunctions that a fuzzy span may not start or end on
+#: (``de Mariposas``, ``Asociación Regionalista de``): en/de/nl/es/fr, then cs/pt/ru/tr/vi (Thai
+#: has no words here, see ``_WORD``).
 FUNCTION_WORDS = frozenset("""
     a an the of in on at to for and by from with
     der die das des dem den ein eine einer eines einem einen von vom zu zum zur im am an und aus bei mit
     de het een van op en bij voor met te
     el la los las un una del y al con por
     le les l un une du d et à au aux par pour
+    a i v ve na z ze do o u s se k ke od po pro za
+    o a os as um uma do da dos das em no na nos nas e por para com
+    в во на с со из и о об от к по для у за
+    ve ile bir de da
+    của và các những một là ở trong cho với
 """.split())
 #: A fuzzy span may be at most this many words longer than the subject.
 EXTRA_SPAN_WORDS = 3
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-#: A "word": one CJK character (those scripts do not separate words by spaces), or a run of other
-#: letters and digits.
-_WORD = re.compile(f"[{_CJK}]|[^\\W_{_CJK}]+")
+#: Thai is written without spaces between words, like CJK, but a letter carries dependent signs:
+#: vowels written above, below or after it and tone marks (``_THAI_DEPENDENT``, never the first
+#: character of a unit), and vowels written before it (``_THAI_LEADING``, never the last).
+_THAI = "\u0e00-\u0e7f"
+_THAI_DEPENDENT = "\u0e30-\u0e3a\u0e45\u0e47-\u0e4e"
+_THAI_LEADING = "\u0e40-\u0e44"
+_THAI_UNIT = f"[{_THAI_LEADING}]*[{_THAI}][{_THAI_DEPENDENT}]*"
+_NO_SPACES = _CJK + _THAI
+#: A "word": one CJK character or one Thai unit (those scripts do not separate words by spaces),
+#: or a run of other letters and digits.
+_WORD = re.compile(f"[{_CJK}]|{_THAI_UNIT}|[^\\W_{_NO_SPACES}]+")
+_NO_SPACES_CHAR = re.compile(f"[{_NO_SPACES}]")
+_THAI_DEPENDENT_CHAR = re.compile(f"[{_THAI_DEPENDENT}]")
+_THAI_LEADING_CHAR = re.compile(f"[{_THAI_LEADING}]")
 _CHAR_FOLDS = {"’": "'", "‘": "'", "ʼ": "'", "`": "'", "´": "'", "“": '"', "”": '"', "„": '"',
                "«": '"', "»": '"', "‐": " ", "‑": " ", "–": " ", "—": " ", "-": " ", "\u00a0": " "}
 
@@ -77,8 +98,12 @@ class SubjectLocation:
 
 
 def _fold_char(char: str) -> str:
+    if "\u0e00" <= char <= "\u0e7f":   # Thai vowel and tone marks are spelling: removing them equates words
+        return char
     char = _CHAR_FOLDS.get(char, char)
     decomposed = unicodedata.normalize("NFKD", char)
+    if all(unicodedata.combining(c) for c in decomposed):   # a lone accent of decomposed (NFD) text
+        return ""
     kept = "".join(c for c in decomposed if not unicodedata.combining(c))
     return kept.casefold() or char
 
@@ -103,14 +128,37 @@ def normalize(text: str) -> str:
 
 
 def _is_word_char(char: str) -> bool:
-    return char.isalnum() and not re.fullmatch(f"[{_CJK}]", char)
+    return char.isalnum() and not _NO_SPACES_CHAR.fullmatch(char)
+
+
+def _is_mark(char: str) -> bool:
+    """A combining mark or Thai dependent vowel: it belongs to the character before it."""
+    return unicodedata.category(char).startswith("M") or bool(_THAI_DEPENDENT_CHAR.fullmatch(char))
+
+
+def _splits_a_character(text: str, start: int, end: int) -> bool:
+    """True if the span separates a letter from its marks or a Thai leading vowel from its letter."""
+    if start < len(text) and _is_mark(text[start]):
+        return True
+    if end < len(text) and _is_mark(text[end]):
+        return True
+    leading = _THAI_LEADING_CHAR.fullmatch
+    return bool((start > 0 and leading(text[start - 1])) or (end > start and leading(text[end - 1])))
 
 
 def _on_word_boundaries(text: str, start: int, end: int) -> bool:
-    """True unless the span cuts a (non-CJK) word in two, e.g. ``Ra`` inside ``Radio``."""
+    """True unless the span cuts a word in two (``Ra`` inside ``Radio``), or a character from its marks
+    (scripts without spaces, CJK and Thai, have no word boundaries: any character boundary will do)."""
     cuts_left = start > 0 and _is_word_char(text[start - 1]) and _is_word_char(text[start])
     cuts_right = end < len(text) and _is_word_char(text[end - 1]) and _is_word_char(text[end])
-    return not (cuts_left or cuts_right)
+    return not (cuts_left or cuts_right or _splits_a_character(text, start, end))
+
+
+def _extend_over_marks(text: str, end: int) -> int:
+    """Move a span's end past the characters folding removed (the accents of decomposed text)."""
+    while end < len(text) and not _fold_char(text[end]):
+        end += 1
+    return end
 
 
 def find_literal(question: str, subject: str) -> tuple[int, int] | None:
@@ -129,7 +177,7 @@ def find_normalized(question: str, subject: str) -> tuple[int, int] | None:
     folded_subject = normalize(subject).strip()
     start = folded_question.find(folded_subject)
     while start >= 0 and folded_subject:
-        span = origin[start], origin[start + len(folded_subject) - 1] + 1
+        span = origin[start], _extend_over_marks(question, origin[start + len(folded_subject) - 1] + 1)
         if _on_word_boundaries(question, *span):
             return span
         start = folded_question.find(folded_subject, start + 1)

@@ -12,7 +12,10 @@ import torch
 
 from .forward import new_cache
 
-#: Starter words per language (the LangEdit authors' choice; "nl" is Dutch).
+#: Starter words per language: the LangEdit authors' choice for the paper's six ("nl" is Dutch),
+#: then, for the other six MzsRE languages (ISO codes), the English pattern translated ("The/That",
+#: "Therefore", "Because", "I", "You"). Every language needs the same number (ROME draws one prefix
+#: per starter).
 STARTERS: dict[str, tuple[str, ...]] = {
     "en": ("The", "Therefore", "Because", "I", "You"),
     "de": ("Heute", "Kommst", "Weil", "Den", "Der"),
@@ -20,6 +23,12 @@ STARTERS: dict[str, tuple[str, ...]] = {
     "es": ("Ellos", "Por lo tanto", "Porque", "Vosotras", "Tú"),
     "fr": ("très", "Par conséquent", "Parce que", "Je suis", "Vous"),
     "zh": ("那个", "因此", "因为", "我", "你"),
+    "cs": ("Ten", "Proto", "Protože", "Já", "Ty"),
+    "pt": ("O", "Portanto", "Porque", "Eu", "Você"),
+    "ru": ("Это", "Поэтому", "Потому что", "Я", "Ты"),
+    "th": ("นั่น", "ดังนั้น", "เพราะว่า", "ฉัน", "คุณ"),
+    "tr": ("Bu", "Bu nedenle", "Çünkü", "Ben", "Sen"),
+    "vi": ("Đó", "Vì vậy", "Bởi vì", "Tôi", "Bạn"),
 }
 
 
