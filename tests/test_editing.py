@@ -331,3 +331,32 @@ def test_rect_masks_the_dense_memit_updates_of_all_layers(tok, tmp_path, monkeyp
         assert keep.sum() == relative.numel() - rank + 1
         expected = before[layer] + (dense[layer] * keep).float()
         assert torch.equal(rect.weight(layer).detach(), expected), layer   # layer 2: solved after dense layer 1
+
+
+@pytest.mark.parametrize("method", ["memit", "rect", "alphaedit", "langedit"])
+def test_given_value_targets_edit_exactly_as_optimised_ones(tok, method, tmp_path):
+    lm, editor = tiny_editor(tok, method, tmp_path)
+    requests = REQUESTS[:2]
+    editor.apply(requests)
+    optimised = {l: editor.weight(l).detach().clone() for l in editor.layers}
+    editor.restore()
+    again = Editor(lm, method=method, hparams=editor.hparams, corpus_texts=CORPUS, progress=False, cache=tmp_path)
+    found = compute_values(lm.model, tok, lm.arch, requests, again.templates_for(requests),
+                           again.method.value_settings(), progress=False)
+    report = again.apply(requests, values=found.values)
+    assert report.value_seconds == 0.0 and report.value_steps == []
+    for layer in again.layers:
+        assert torch.equal(again.weight(layer), optimised[layer]), layer
+    again.restore()
+    shifted = Editor(lm, method=method, hparams=editor.hparams, corpus_texts=CORPUS, progress=False, cache=tmp_path)
+    shifted.apply(requests, values=found.values + 1.0)     # other targets: another edit
+    assert any(not torch.equal(shifted.weight(l), optimised[l]) for l in shifted.layers)
+
+
+def test_given_value_targets_are_checked(tok, tmp_path):
+    lm, editor = tiny_editor(tok, "memit", tmp_path)
+    with pytest.raises(ValueError, match="3 value targets for 2 requests"):
+        editor.apply(REQUESTS[:2], values=torch.zeros(3, lm.model.config.hidden_size))
+    _, ft = tiny_editor(tok, "ft", tmp_path)
+    with pytest.raises(ValueError, match="takes no given values"):
+        ft.apply(REQUESTS[:2], values=torch.zeros(2, lm.model.config.hidden_size))
