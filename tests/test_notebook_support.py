@@ -1,5 +1,9 @@
-"""Helpers the notebooks share: parameters, summary tables, the paired t-test, edited-model loading."""
+"""Helpers the notebooks share: parameters, summary tables, the paired tests, edited-model loading."""
+import json
 import math
+from dataclasses import dataclass
+
+import numpy as np
 
 import pandas as pd
 import pytest
@@ -51,25 +55,98 @@ def test_language_steps_count_edits_so_far():
     assert set(steps["step"]) == {1, 2}
 
 
-def test_paired_t_test_matches_the_formula():
-    a, b = [3.0, 5.0, 4.0, 8.0], [1.0, 2.0, 4.0, 5.0]
-    diffs = [x - y for x, y in zip(a, b)]
-    mean = sum(diffs) / len(diffs)
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
-    t, p = ns.paired_t_test(a, b)
-    assert t == pytest.approx(mean / (sd / math.sqrt(len(diffs))))
-    assert 0 < p < 1
-    assert all(math.isnan(v) for v in ns.paired_t_test([1.0], [2.0]))
-    with pytest.raises(ValueError, match="different sizes"):
-        ns.paired_t_test([1.0, 2.0], [1.0])
+def test_best_baseline():
+    assert ns.best_baseline(ns.summary_table(RUNS)) == "memit"
 
 
-def test_best_baseline_and_paired_tests_over_languages():
-    summary = ns.summary_table(RUNS)
-    assert ns.best_baseline(summary) == "memit"
-    tests = ns.paired_tests(ns.per_language_final(RUNS), "langedit", "memit").set_index("metric")
-    assert tests.loc["efficacy", "pairs"] == 2
-    assert tests.loc["efficacy", "mean_difference"] == pytest.approx(20.0)   # (85-60 + 95-80) / 2
+@dataclass(frozen=True)
+class Fact:
+    case_id: int
+    paraphrase: str | None = "p"
+    locality_prompt: str | None = "l"
+
+
+def run_with_facts(folder, method, seed, per_language):
+    """A finished run whose evals_per_fact.jsonl holds, per language, the given per-fact efficacy
+    (fractions; generality = efficacy / 2, the last fact without a paraphrase) after steps en, de."""
+    from langedit.editing.sequential import PER_FACT_FILE, per_fact_record
+
+    folder.mkdir(parents=True)
+    lines = []
+    for after in ("pre-edit", "en", "de"):
+        for language, values in per_language.items():
+            facts = [Fact(case_id=10 + i, paraphrase=None if i == len(values) - 1 else "p") for i in range(len(values))]
+            final = after == "de"
+            scores = {"efficacy": [v if final else 0.0 for v in values],
+                      "generality": [v / 2 if final else 0.0 for v in values[:-1]]}
+            lines.append(json.dumps(per_fact_record(after, language, facts, scores)))
+    (folder / PER_FACT_FILE).write_text("\n".join(lines) + "\n")
+    evals_rows = [{"after": "pre-edit", "language": lang, "n": len(v), "efficacy": 0.0, "generality": 0.0}
+                  for lang, v in per_language.items()]
+    evals_rows += [{"after": "de", "language": lang, "n": len(v), "efficacy": 100 * np.mean(v),
+                    "generality": 100 * np.mean(v[:-1]) / 2} for lang, v in per_language.items()]
+    return ns.RunResult(pd.DataFrame(evals_rows), pd.DataFrame(), folder, method, "multilingual", {})
+
+
+def test_per_fact_records_align_scores_with_their_facts(tmp_path):
+    from langedit.editing.sequential import per_fact_record, read_per_fact
+
+    run = run_with_facts(tmp_path / "r", "memit", 0, {"en": [1.0, 0.5, 0.0]})
+    facts = read_per_fact(run.folder)
+    final = facts[facts["after"] == "de"].set_index("case_id")
+    assert final.loc[11, "efficacy"] == 50.0 and final.loc[10, "generality"] == 50.0
+    assert np.isnan(final.loc[12, "generality"])             # no paraphrase: no generality score
+    with pytest.raises(ValueError, match="2 scores for 3 requests"):
+        per_fact_record("en", "en", [Fact(1), Fact(2), Fact(3)], {"efficacy": [1.0, 0.0]})
+    # an evaluation written twice (interrupted between its two files) is read once, the last copy
+    path = run.folder / "evals_per_fact.jsonl"
+    path.write_text(path.read_text() + json.dumps(per_fact_record("de", "en", [Fact(10), Fact(11), Fact(12)],
+                                                                  {"efficacy": [0.0, 0.0, 0.0]})) + "\n")
+    again = read_per_fact(run.folder)
+    assert len(again) == 9 and (again[again["after"] == "de"]["efficacy"] == 0.0).all()
+
+
+def test_paired_tests_bootstrap_over_facts_with_fewer_than_three_seeds(tmp_path):
+    from langedit.statistics import paired_bootstrap
+
+    values = {"en": [1.0, 0.5, 0.0, 1.0], "de": [1.0, 1.0, 0.0, 0.5]}
+    better = {"en": [1.0, 1.0, 0.5, 1.0], "de": [1.0, 1.0, 1.0, 0.5]}
+    runs = {(0, "memit"): run_with_facts(tmp_path / "m", "memit", 0, values),
+            (0, "langedit"): run_with_facts(tmp_path / "l", "langedit", 0, better)}
+    tests = ns.paired_tests(runs, "langedit", "memit", metrics=("efficacy", "generality", "specificity"),
+                            n_resamples=2000).set_index("metric")
+    efficacy = tests.loc["efficacy"]
+    assert efficacy["test"] == "paired bootstrap over facts" and efficacy["n"] == 8 and efficacy["clusters"] == 4
+    # independently: the same pairs, clustered by fact id (a fact moves with both its languages)
+    a = [100 * v for lang in ("en", "de") for v in better[lang]]
+    b = [100 * v for lang in ("en", "de") for v in values[lang]]
+    expected = paired_bootstrap(a, b, 2000, clusters=[10, 11, 12, 13] * 2)
+    assert efficacy["mean_difference"] == pytest.approx(np.mean(np.subtract(a, b)))
+    assert (efficacy["low"], efficacy["high"], efficacy["p_value"]) == pytest.approx(
+        (expected.low, expected.high, expected.p_value))
+    assert tests.loc["generality", "n"] == 6                  # facts without a paraphrase are not paired
+    assert tests.loc["specificity", "n"] == 0 and np.isnan(tests.loc["specificity", "p_value"])
+    assert "no per-fact scores" in tests.loc["specificity", "note"]
+    with pytest.raises(ValueError, match="no seed has runs of both"):
+        ns.paired_tests(runs, "langedit", "rome")
+
+
+def test_paired_tests_over_seeds_with_three_seeds(tmp_path):
+    from scipy import stats
+
+    runs, per_seed = {}, {"memit": [], "langedit": []}
+    for seed in (0, 1, 2):
+        for method, shift in (("memit", 0.0), ("langedit", 0.1 * (seed + 1))):
+            values = {"en": [0.2 + shift, 0.4], "de": [0.6, 0.3 + shift / 2]}
+            runs[(seed, method)] = run_with_facts(tmp_path / f"{method}{seed}", method, seed, values)
+            per_seed[method].append(np.mean([100 * np.mean(v) for v in values.values()]))
+    tests = ns.paired_tests(runs, "langedit", "memit", metrics=("efficacy",)).set_index("metric")
+    row = tests.loc["efficacy"]
+    reference = stats.ttest_rel(per_seed["langedit"], per_seed["memit"])
+    assert row["test"] == "paired t-test over seeds" and row["n"] == 3
+    assert row["statistic"] == pytest.approx(reference.statistic) and row["p_value"] == pytest.approx(reference.pvalue)
+    two = ns.paired_tests({k: v for k, v in runs.items() if k[0] < 2}, "langedit", "memit", metrics=("efficacy",))
+    assert two.loc[0, "test"] == "paired bootstrap over facts" and two.loc[0, "n"] == 8
 
 
 def test_edited_model_refuses_a_run_without_state(tmp_path):
@@ -77,3 +154,25 @@ def test_edited_model_refuses_a_run_without_state(tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no editor state"):
         with ns.edited_model(None, run):
             pass
+
+
+def test_a_real_sequential_run_keeps_per_fact_scores_whose_means_are_its_evals(tmp_path):
+    """A tiny sequential run (the resume test's set-up): evals_per_fact.jsonl averages to evals.jsonl."""
+    import resume_worker
+
+    tokenizer = resume_worker.word_tokenizer()
+    runs = {}
+    for method in ("memit", "alphaedit"):
+        run = resume_worker.make_run(tmp_path / method, method, {}, tokenizer)
+        evals = run.run()
+        facts = run.per_fact()
+        assert len(facts) == sum(len(resume_worker.REQUESTS[lang]) for lang in ("en", "en", "de", "en", "de"))
+        means = facts.groupby(["after", "language"])[["efficacy", "generality", "specificity",
+                                                      "locality_agreement"]].mean()
+        for row in evals.itertuples():
+            for metric in ("efficacy", "generality", "specificity", "locality_agreement"):
+                assert means.loc[(row.after, row.language), metric] == pytest.approx(getattr(row, metric))
+        assert sorted(facts["case_id"].unique()) == [0, 1]
+        runs[(0, method)] = ns.RunResult(evals, run.batches(), run.out_dir, method, "multilingual", {})
+    tests = ns.paired_tests(runs, "alphaedit", "memit").set_index("metric")
+    assert (tests["test"] == "paired bootstrap over facts").all() and (tests["n"] == 3).all()

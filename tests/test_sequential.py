@@ -253,6 +253,9 @@ def test_a_run_resumed_in_a_new_process_equals_the_uninterrupted_run(resumed_run
     evals = lambda folder: sorted(map(json.dumps, read(folder, "evals.jsonl")))
     assert len(read(full, "evals.jsonl")) == 5                                # pre-edit x2, after en, after de x2
     assert evals(resumed) == evals(full)                                      # the scores, to the last digit
+    from langedit.editing.sequential import read_per_fact
+    per_fact = lambda folder: read_per_fact(folder).sort_values(["after", "language", "case_id"], ignore_index=True)
+    assert len(per_fact(full)) == 7 and per_fact(resumed).equals(per_fact(full))  # the facts' scores too
     evaluated = lambda folder: {(r["after"], r["weights"]) for r in read(folder, "evaluated.jsonl")}
     assert evaluated(resumed) == evaluated(full) and len(evaluated(full)) == 3  # the weights each evaluation saw
     assert _batch_rows(resumed) == _batch_rows(full) and len(_batch_rows(full)) == 3

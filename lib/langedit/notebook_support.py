@@ -169,18 +169,6 @@ def language_steps(evals: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
     return frame
 
 
-def paired_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """(t, two-sided p) of a paired t-test of a against b; NaN when fewer than two pairs or no variance."""
-    from scipy import stats
-
-    if len(a) != len(b):
-        raise ValueError(f"paired samples of different sizes: {len(a)} and {len(b)}")
-    if len(a) < 2:
-        return float("nan"), float("nan")
-    result = stats.ttest_rel(list(a), list(b))
-    return float(result.statistic), float(result.pvalue)
-
-
 def paper_table(table: int, dataset: str | None = None) -> pd.DataFrame:
     """The paper's reported numbers of `table`, labelled as the paper's (column `source`).
 
@@ -268,18 +256,69 @@ def best_baseline(summary: pd.DataFrame, candidate: str = "langedit",
     return str(score.idxmax())
 
 
-def paired_tests(per_language: pd.DataFrame, candidate: str, baseline: str,
-                 metrics: Sequence[str] = EDIT_METRICS) -> pd.DataFrame:
-    """Paired t-tests of candidate vs baseline over (seed, language) pairs, per metric."""
-    a = per_language[per_language["method"] == candidate].set_index(["seed", "language"]).sort_index()
-    b = per_language[per_language["method"] == baseline].set_index(["seed", "language"]).sort_index()
-    common = a.index.intersection(b.index)
+def per_fact_final(runs: dict[tuple[int, str], RunResult]) -> pd.DataFrame:
+    """Long table: seed, method, language, case_id and each fact's scores (percent) after the last
+    step; runs recorded before per-fact scores were kept contribute nothing."""
+    from .editing.sequential import read_per_fact
+
+    frames = []
+    for (seed, method), run in runs.items():
+        facts = read_per_fact(run.folder)
+        if facts.empty:
+            continue
+        steps = [s for s in dict.fromkeys(facts["after"]) if s != "pre-edit"]
+        if not steps:
+            continue
+        final = facts[facts["after"] == steps[-1]].copy()
+        final.insert(0, "seed", seed)
+        final.insert(1, "method", method)
+        frames.append(final)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["seed", "method", "after", "language", "case_id"])
+
+
+def paired_tests(runs: dict[tuple[int, str], RunResult], candidate: str, baseline: str,
+                 metrics: Sequence[str] = EDIT_METRICS, n_resamples: int = 10_000, seed: int = 0) -> pd.DataFrame:
+    """Candidate vs baseline per metric after the last step, with the test named in column `test`.
+
+    With at least 3 seeds both ran: a paired t-test over seeds of the per-seed scores (Table 1's
+    mean over languages). Otherwise: a paired bootstrap over facts, pairing each (seed, language,
+    fact) of the two runs (they edit the same facts) and resampling facts by case id, so a fact
+    edited in several languages (the parallel design) moves as one unit; its mean difference is
+    over (language, fact) items, Table 1's difference when every language has as many scored facts."""
+    from .statistics import MIN_SEED_PAIRS, paired_bootstrap, paired_seed_test
+
+    seeds = sorted({s for s, m in runs if m == candidate} & {s for s, m in runs if m == baseline})
+    if not seeds:
+        raise ValueError(f"no seed has runs of both {candidate!r} and {baseline!r}")
     rows = []
+    if len(seeds) >= MIN_SEED_PAIRS:
+        summary = summary_table({(s, m): runs[(s, m)] for s in seeds for m in (candidate, baseline)})
+        per_seed = summary.set_index(["method", "seed"])
+        for metric in metrics:
+            result = paired_seed_test(per_seed.loc[candidate].loc[seeds, metric].tolist(),
+                                      per_seed.loc[baseline].loc[seeds, metric].tolist())
+            rows.append({"metric": metric, "candidate": candidate, "baseline": baseline, **result.as_row()})
+        return pd.DataFrame(rows)
+    facts = per_fact_final({(s, m): runs[(s, m)] for s in seeds for m in (candidate, baseline)})
+    keys = ["seed", "language", "case_id"]
     for metric in metrics:
-        t, p = paired_t_test(a.loc[common, metric].tolist(), b.loc[common, metric].tolist())
-        rows.append({"metric": metric, "candidate": candidate, "baseline": baseline, "pairs": len(common),
-                     "mean_difference": float((a.loc[common, metric] - b.loc[common, metric]).mean()),
-                     "t": t, "p": p})
+        pairs = pd.DataFrame(columns=keys + ["a", "b"])
+        if not facts.empty and metric in facts:
+            a = facts[facts["method"] == candidate][keys + [metric]].rename(columns={metric: "a"})
+            b = facts[facts["method"] == baseline][keys + [metric]].rename(columns={metric: "b"})
+            pairs = a.merge(b, on=keys).dropna(subset=["a", "b"])
+        if pairs.empty:
+            nan = float("nan")
+            rows.append({"metric": metric, "candidate": candidate, "baseline": baseline,
+                         "test": "paired bootstrap over facts", "n": 0, "mean_difference": nan, "low": nan,
+                         "high": nan, "statistic": nan, "p_value": nan, "confidence": 0.95, "clusters": None,
+                         "note": "no per-fact scores in these runs (recorded before evals_per_fact.jsonl was "
+                                 "kept): rerun them for a test over facts"})
+            continue
+        result = paired_bootstrap(pairs["a"].to_numpy(), pairs["b"].to_numpy(), n_resamples, seed=seed,
+                                  clusters=pairs["case_id"].tolist())
+        rows.append({"metric": metric, "candidate": candidate, "baseline": baseline, **result.as_row()})
     return pd.DataFrame(rows)
 
 

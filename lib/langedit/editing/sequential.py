@@ -14,9 +14,10 @@ Modes (the paper's comparisons):
 
 After each language step every language edited so far is evaluated (Efficacy, Generality,
 Specificity, locality agreement with the unedited model; Portability if asked), so interference
-shows over time. Requests without a locality probe (MLaKE) get no Specificity. Each
-finished batch is appended to ``batches.jsonl`` and the editor state saved (key statistics
-included), so an interrupted run resumes from its last finished batch, in a new process, to the
+shows over time. Requests without a locality probe (MLaKE) get no Specificity. Each evaluation's
+means go to ``evals.jsonl``, its per-fact scores to ``evals_per_fact.jsonl`` (for paired tests over
+facts, langedit.statistics). Each finished batch is appended to ``batches.jsonl`` and the editor
+state saved (key statistics included), so an interrupted run resumes from its last finished batch, in a new process, to the
 same scores and weights bit for bit as an uninterrupted run (tested for every method, also for a
 process killed while saving or evaluating). A run folder belongs to one configuration: reusing it
 with different parameters is an error, never a silently stale result.
@@ -42,6 +43,10 @@ from .metrics import edit_metrics, locality_predictions
 
 MODES = ("multilingual", "monolingual", "summed", "translation")
 METRICS = ("efficacy", "generality", "specificity", "locality_agreement")
+#: The request field a metric needs (edit_metrics leaves requests without it out of that metric).
+_METRIC_FIELD = {"efficacy": None, "generality": "paraphrase", "specificity": "locality_prompt",
+                 "locality_agreement": "locality_prompt", "portability": "portability_prompt"}
+PER_FACT_FILE = "evals_per_fact.jsonl"
 
 
 @dataclass
@@ -83,6 +88,40 @@ def _read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def per_fact_record(after: str, language: str, requests: Sequence, scores: Mapping[str, list[float]]) -> dict:
+    """One evaluation's per-fact scores (fractions in [0, 1]) aligned to the requests: ``case_ids`` and,
+    per metric, one score per request (None where the request has no probe for that metric)."""
+    record = {"after": after, "language": language,
+              "case_ids": [getattr(r, "case_id", index) for index, r in enumerate(requests)]}
+    for name, values in scores.items():
+        field_name = _METRIC_FIELD.get(name)
+        scored = [i for i, r in enumerate(requests) if field_name is None or getattr(r, field_name, None)]
+        if len(scored) != len(values):
+            raise ValueError(f"{name}: {len(values)} scores for {len(scored)} requests that have its probe")
+        aligned: list[float | None] = [None] * len(requests)
+        for index, value in zip(scored, values):
+            aligned[index] = value
+        record[name] = aligned
+    return record
+
+
+def read_per_fact(folder: str | os.PathLike) -> pd.DataFrame:
+    """Long table of a run folder's per-fact scores: after, language, case_id and one column per
+    metric in percent (NaN where a fact has no probe); empty for runs recorded before per-fact
+    scores were kept. An evaluation recorded twice (interrupted between its two files) counts once."""
+    latest = {(r["after"], r["language"]): r for r in _read_jsonl(Path(folder) / PER_FACT_FILE)}
+    frames = []
+    for record in latest.values():
+        columns = {k: v for k, v in record.items() if k not in ("after", "language", "case_ids")}
+        frame = pd.DataFrame({"case_id": record["case_ids"],
+                              **{k: 100.0 * pd.to_numeric(pd.Series(v, dtype=object), errors="coerce")
+                                 for k, v in columns.items()}})
+        frame.insert(0, "after", record["after"])
+        frame.insert(1, "language", record["language"])
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["after", "language", "case_id"])
 
 
 def language_order(order: Sequence[str], shuffle_seed: int | None) -> list[str]:
@@ -136,6 +175,10 @@ class SequentialRun:
     def evals_path(self) -> Path:
         return self.out_dir / "evals.jsonl"
 
+    @property
+    def per_fact_path(self) -> Path:
+        return self.out_dir / PER_FACT_FILE
+
     # ----- plan ----------------------------------------------------------------------------
     def edit_plan(self) -> list[tuple[str, list]]:
         """[(language step, batch of requests)] in editing order."""
@@ -167,6 +210,9 @@ class SequentialRun:
             scores = edit_metrics(self.lm.model, self.lm.tokenizer, self.lm.arch, self.requests[language],
                                   reference_predictions=reference[language] or None,
                                   portability=self.config.portability)
+            # per-fact scores first: an evaluation is done once its summary is written, and a
+            # per-fact record repeated after an interruption is read once (read_per_fact)
+            _append_jsonl(self.per_fact_path, per_fact_record(after, language, self.requests[language], scores))
             record = {"after": after, "language": language, "n": len(self.requests[language])}
             record.update({name: 100.0 * sum(values) / len(values) for name, values in scores.items()})
             _append_jsonl(self.evals_path, record)
@@ -283,3 +329,7 @@ class SequentialRun:
 
     def batches(self) -> pd.DataFrame:
         return pd.DataFrame(_read_jsonl(self.batches_path))
+
+    def per_fact(self) -> pd.DataFrame:
+        """Per-fact scores of every evaluation (read_per_fact)."""
+        return read_per_fact(self.out_dir)
