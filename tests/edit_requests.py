@@ -23,3 +23,17 @@ BORN_DE = Req("{} was born in", "Anna Maria", "Paris France", language="de")
 #: English, English, German: three requests of three lengths, two languages
 MIXED_REQUESTS = [INCEPTION, COUNTRY, BORN_DE]
 CORPUS = ["The quick brown fox jumps over the lazy dog near the river bank today."] * 40
+
+
+@dataclass(frozen=True)
+class LanguageReq:
+    """A request of the sequential loop's tests (language given, case id, an English twin)."""
+    prompt: str
+    subject: str
+    target: str
+    language: str
+    case_id: int = 0
+    paraphrase: str = "where is it ?"
+    locality_prompt: str = "nq question: who wrote hamlet ?"
+    locality_answer: str = "Shakespeare"
+    english_twin: object = None

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from langedit.editing import editor as editor_module
 from langedit.editing import sequential
 from langedit.editing.sequential import SequentialRun
 from langedit.models.tiny import build_tiny_model
+from edit_requests import LanguageReq
 
 #: case name -> (method, hyperparameter overrides)
 CASES = {"ft": ("ft", {}), "rome": ("rome", {}), "memit": ("memit", {}), "prune": ("prune", {}),
@@ -42,17 +42,7 @@ ORDER = ("en", "de")
 CORPUS = ["the cat sat on the mat because the dog ran to the river bank today"] * 30
 
 
-@dataclass(frozen=True)
-class Req:
-    prompt: str
-    subject: str
-    target: str
-    language: str
-    case_id: int = 0
-    paraphrase: str = "where is it ?"
-    locality_prompt: str = "nq question: who wrote hamlet ?"
-    locality_answer: str = "Shakespeare"
-    english_twin: object = None
+Req = LanguageReq
 
 
 #: three batches of one: English (then evaluation of en), German twice (then evaluation of en and de)

@@ -1,5 +1,4 @@
 """The sequential loop on a tiny model: evaluation after each language, JSONL output, resume, staleness."""
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -7,19 +6,10 @@ import torch
 from langedit.editing import Editor, load_hparams
 from langedit.editing.sequential import SequentialRun, StaleRunError, language_order
 from langedit.models.tiny import build_tiny_model
+from edit_requests import LanguageReq
 
 
-@dataclass(frozen=True)
-class Req:
-    prompt: str
-    subject: str
-    target: str
-    language: str
-    case_id: int = 0
-    paraphrase: str = "Where is it?"
-    locality_prompt: str = "who wrote hamlet"
-    locality_answer: str = "Shakespeare"
-    english_twin: object = None
+Req = LanguageReq
 
 
 REQUESTS = {"en": [Req("Where is {}?", "Rome", "Italy", "en"), Req("Who founded {}?", "Acme", "Bob", "en", 1)],
