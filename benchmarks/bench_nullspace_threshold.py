@@ -42,6 +42,7 @@ from langedit.editing import Editor
 from langedit.editing.methods import linear
 from langedit.editing.nullspace import THRESHOLD_KINDS, check_threshold
 from langedit.editing.sequential import SequentialRun
+from langedit.editing.values import ValueTargets
 from langedit.models.architecture import n_layers, w_out
 from langedit.paths import results_dir
 
@@ -97,7 +98,8 @@ class MemoValues:
             self.store[key] = self.compute(model, tokenizer, arch, requests, templates, settings, progress)
         else:
             self.hits += 1
-        return tuple(t.clone() for t in self.store[key])
+        found = self.store[key]
+        return ValueTargets(found.values.clone(), found.states.clone(), list(found.steps))
 
 
 @contextlib.contextmanager
@@ -186,6 +188,13 @@ def print_table(frame: pd.DataFrame, order: list[str]) -> None:
                   + " ".join(f"{v:.3f}" for v in rows.sort_values("layer")["leakage"]))
 
 
+def write_rows(rows: list[dict], out: Path) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.6g")
+    return frame
+
+
 def main() -> None:
     args = parse()
     torch.manual_seed(args.seed)
@@ -206,11 +215,10 @@ def main() -> None:
                 rows += found
                 print(f"{kind} {value:g} {method}: {seconds:.0f} s, one-batch Efficacy {found[0]['efficacy_one_batch']:.1f}",
                       flush=True)
+                write_rows(rows, args.out)          # as it goes: an interrupted sweep keeps its finished runs
     print(f"{time.perf_counter() - start:.0f} s in all; value targets optimised for {memo.misses} batches, "
           f"reused for {memo.hits}", flush=True)
-    frame = pd.DataFrame(rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.out, index=False, quoting=csv.QUOTE_MINIMAL, float_format="%.6g")
+    frame = write_rows(rows, args.out)
     print_table(frame, args.languages)
     print(f"\nwritten {args.out}")
 
