@@ -258,6 +258,8 @@ run_notebooks() {
             printf '  later notebooks were not run\n' >&2
             exit 1
         fi
+        # progress bars belong on this terminal, not in the saved copy
+        "$VPY" scripts/strip_notebooks.py --progress "$executed/$name" >/dev/null
     done
     say "all ${#NOTEBOOKS[@]} notebook(s) ran in $(( (SECONDS - started) / 60 )) min $(( (SECONDS - started) % 60 )) s"
     echo "    executed notebooks: $executed/"

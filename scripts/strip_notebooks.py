@@ -4,6 +4,8 @@
     python scripts/strip_notebooks.py            # strip outputs in place (notebooks/*.ipynb)
     python scripts/strip_notebooks.py --check    # report problems, exit 1 if any (used by ./run_all.sh --test)
     python scripts/strip_notebooks.py a.ipynb b/ # specific files or folders
+    python scripts/strip_notebooks.py --progress results/notebooks/   # executed copies: drop only the
+                                                 # stderr streams (progress bars), keep every other output
 
 Rules checked (see README, "Notebook contract"):
 
@@ -105,6 +107,19 @@ def strip_notebook(notebook: dict) -> dict:
     return notebook
 
 
+def drop_stderr_streams(notebook: dict) -> int:
+    """Remove stderr stream outputs (tqdm progress bars, warnings printed by libraries) from every code
+    cell, in place; results, figures and stdout stay. Returns how many were removed."""
+    removed = 0
+    for cell in notebook.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        kept = [o for o in cell.get("outputs", []) if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+        removed += len(cell.get("outputs", [])) - len(kept)
+        cell["outputs"] = kept
+    return removed
+
+
 def dumps(notebook: dict) -> str:
     return json.dumps(notebook, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
@@ -125,7 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="*", type=Path, help=f"notebooks or folders (default: {DEFAULT_DIR})")
     parser.add_argument("--check", action="store_true", help="only report; exit 1 if a notebook is not clean")
+    parser.add_argument("--progress", action="store_true",
+                        help="executed copies: remove only stderr streams (progress bars), keep other outputs")
     args = parser.parse_args(argv)
+    if args.progress:
+        for path in find_notebooks(args.paths):
+            notebook = json.loads(path.read_text(encoding="utf-8"))
+            removed = drop_stderr_streams(notebook)
+            if removed:
+                path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+                print(f"{path}: removed {removed} stderr stream outputs")
+        return 0
     if args.paths:
         notebooks = find_notebooks(args.paths)
     else:

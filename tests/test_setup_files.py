@@ -201,3 +201,17 @@ def test_strip_check_runs_as_a_script_on_the_repository():
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "strip_notebooks.py"), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_progress_mode_drops_only_stderr_streams(tmp_path):
+    notebook = {"cells": [{"cell_type": "code", "metadata": {}, "source": "x", "execution_count": 1, "outputs": [
+        {"output_type": "stream", "name": "stderr", "text": "100%|####| 3/3"},
+        {"output_type": "stream", "name": "stdout", "text": "kept"},
+        {"output_type": "execute_result", "data": {"text/plain": "1"}, "metadata": {}, "execution_count": 1}]}],
+        "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "executed.ipynb"
+    path.write_text(json.dumps(notebook))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "strip_notebooks.py"
+    subprocess.run([sys.executable, str(script), "--progress", str(path)], check=True, capture_output=True)
+    outputs = json.loads(path.read_text())["cells"][0]["outputs"]
+    assert [o.get("name", o["output_type"]) for o in outputs] == ["stdout", "execute_result"]
