@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench_matmul import rate        # the same timing loop as the matmul table
 from langedit import load_model
 from langedit.data import load_mzsre
 from langedit.editing import Editor
@@ -60,15 +61,6 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--xtreme-items", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
-
-
-def rate(fn, flops: float, min_seconds: float = 0.5) -> float:
-    fn()
-    runs, start = 0, time.perf_counter()
-    while time.perf_counter() - start < min_seconds:
-        fn()
-        runs += 1
-    return flops * runs / (time.perf_counter() - start) / 1e9
 
 
 def matmul_rates(lm) -> dict[str, float]:

@@ -217,8 +217,7 @@ class Editor:
         previous_kk = {layer: kk.clone() for layer, kk in self.edited_kk.items()}
         report = BatchReport(n_edits=len(requests), seconds=0.0, peak_memory_bytes=0)
         with Measure(self.lm.device if hasattr(self.lm, "device") else "cpu") as measured:
-            self.method.apply(list(requests), report, values) if values is not None else \
-                self.method.apply(list(requests), report)
+            self.method.apply(list(requests), report, values)
             self.record_edited_keys(list(requests))
         report.seconds, report.peak_memory_bytes = measured.seconds, measured.peak_bytes
         report.added_memory_bytes = measured.added_bytes

@@ -44,7 +44,7 @@ class FineTune(Method):
         layer = self.hp.ft_layer if self.hp.ft_layer is not None else self.hp.layers[0]
         return (layer,)
 
-    def apply(self, requests, report):
+    def apply(self, requests, report, values=None):   # values: refused by the Editor (accepts_values)
         ed, hp = self.editor, self.hp
         weight = w_out(ed.model, self.layers[0])    # the Parameter itself, in whatever layout the family keeps
         start = weight.detach().clone()

@@ -86,7 +86,7 @@ class Rome(Method):
         if self.hp.rome_mom2_adjustment:
             self.editor.cov0(self.layers[0])
 
-    def apply(self, requests, report):
+    def apply(self, requests, report, values=None):   # values: refused by the Editor (accepts_values)
         ed, layer = self.editor, self.layers[0]
         cov = ed.cov0(layer).moment.to(ed.lm.device) if self.hp.rome_mom2_adjustment else None
         name = ed.arch.mlp_out_name(layer)
