@@ -257,3 +257,38 @@ def test_a_run_resumed_in_a_new_process_equals_the_uninterrupted_run(resumed_run
         assert torch.equal(state_resumed[name], tensor), name
     if case not in ("ft",):
         assert meta_full["key_statistics"] and (full / "checkpoint" / meta_full["key_statistics"]).exists()
+
+
+class _NormProbe:
+    """A stand-in ability probe: the norm of an edited matrix, i.e. exactly the state it was shown."""
+    signature = "norm-of-layer-2"
+
+    def __init__(self, lm):
+        self.lm, self.calls = lm, 0
+
+    def summary(self, model, tokenizer):
+        import pandas as pd
+        self.calls += 1
+        return pd.DataFrame([{"language": "xx", "norm": float(model.model.layers[2].mlp.down_proj.weight.norm())}])
+
+
+def test_a_probe_scores_the_model_after_every_step_once_also_on_resume(setup, tmp_path):
+    lm, factory, _ = setup
+    original = float(lm.model.model.layers[2].mlp.down_proj.weight.norm())
+    probe = _NormProbe(lm)
+    run = SequentialRun(lm, "memit", REQUESTS, ["en", "de"], batch_size=1, out_dir=tmp_path, progress=False,
+                        editor_factory=factory, probe=probe)
+    run.run()
+    probes = run.probes()
+    assert list(probes["after"]) == ["pre-edit", "en", "de"] and probe.calls == 3
+    assert probes["norm"].iloc[0] == pytest.approx(original)
+    assert probes["norm"].iloc[1] != probes["norm"].iloc[0] != probes["norm"].iloc[2]
+    # the final step's norm is the edited model's, which the checkpoint reproduces
+    editor = factory()
+    editor.load(tmp_path / "checkpoint")
+    assert probes["norm"].iloc[2] == pytest.approx(float(lm.model.model.layers[2].mlp.down_proj.weight.norm()))
+    editor.restore()
+    again = SequentialRun(lm, "memit", REQUESTS, ["en", "de"], batch_size=1, out_dir=tmp_path, progress=False,
+                          editor_factory=factory, probe=probe)
+    again.run()
+    assert probe.calls == 3 and len(again.probes()) == 3

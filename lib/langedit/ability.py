@@ -236,6 +236,12 @@ class AbilityProbe:
         self.references = {language: reference_predictions(model, tokenizer, texts, batch_size, chunk_positions)
                            for language, texts in self.texts.items()}
 
+    @property
+    def signature(self) -> str:
+        """A short hash of the texts and sources: which probe a recorded score came from."""
+        digest = hashlib.sha256(repr((sorted(self.texts.items()), sorted(self.sources.items()))).encode())
+        return digest.hexdigest()[:12]
+
     def score(self, model, tokenizer) -> pd.DataFrame:
         """Per language and text: ability_scores, with columns language and source."""
         frames = []

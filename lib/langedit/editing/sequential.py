@@ -16,7 +16,9 @@ After each language step every language edited so far is evaluated (Efficacy, Ge
 Specificity, locality agreement with the unedited model; Portability if asked), so interference
 shows over time. Requests without a locality probe (MLaKE) get no Specificity. Each evaluation's
 means go to ``evals.jsonl``, its per-fact scores to ``evals_per_fact.jsonl`` (for paired tests over
-facts, langedit.statistics). Each finished batch is appended to ``batches.jsonl`` and the editor
+facts, langedit.statistics). With a ``probe`` (e.g. ability.AbilityProbe: anything with a
+``signature`` and ``summary(model, tokenizer) -> DataFrame``) the model's general ability is scored
+after every step too, one record per step in ``probes.jsonl``. Each finished batch is appended to ``batches.jsonl`` and the editor
 state saved (key statistics included), so an interrupted run resumes from its last finished batch, in a new process, to the
 same scores and weights bit for bit as an uninterrupted run (tested for every method, also for a
 process killed while saving or evaluating). A run folder belongs to one configuration: reusing it
@@ -47,6 +49,7 @@ METRICS = ("efficacy", "generality", "specificity", "locality_agreement")
 _METRIC_FIELD = {"efficacy": None, "generality": "paraphrase", "specificity": "locality_prompt",
                  "locality_agreement": "locality_prompt", "portability": "portability_prompt"}
 PER_FACT_FILE = "evals_per_fact.jsonl"
+PROBE_FILE = "probes.jsonl"       # a general-ability probe's summary after every step (optional)
 
 
 @dataclass
@@ -136,7 +139,7 @@ class SequentialRun:
                  batch_size: int, out_dir: str | os.PathLike, mode: str = "multilingual",
                  shuffle_seed: int | None = None, progress: bool = True, portability: bool = False,
                  editor_factory: Callable[..., Editor] | None = None, hparams: Hparams | None = None,
-                 **overrides) -> None:
+                 probe=None, **overrides) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
         if batch_size <= 0:
@@ -145,7 +148,7 @@ class SequentialRun:
         if missing:
             raise ValueError(f"no edit requests for language(s) {missing}")
         sizes = {len(requests[lang]) for lang in order}
-        self.lm, self.requests, self.progress = lm, requests, progress
+        self.lm, self.requests, self.progress, self.probe = lm, requests, progress, probe
         self.order = language_order(order, shuffle_seed)
         # with an editor_factory, the key holds `hparams` (or the defaults) + overrides: pass the ones it uses
         self.config = RunConfig(method, tuple(self.order), max(sizes), batch_size, mode, shuffle_seed,
@@ -178,6 +181,10 @@ class SequentialRun:
     @property
     def per_fact_path(self) -> Path:
         return self.out_dir / PER_FACT_FILE
+
+    @property
+    def probe_path(self) -> Path:
+        return self.out_dir / PROBE_FILE
 
     # ----- plan ----------------------------------------------------------------------------
     def edit_plan(self) -> list[tuple[str, list]]:
@@ -217,6 +224,19 @@ class SequentialRun:
             record.update({name: 100.0 * sum(values) / len(values) for name, values in scores.items()})
             _append_jsonl(self.evals_path, record)
             done.add((after, language))
+        if languages:
+            self._probe(after)
+
+    def _probe(self, after: str) -> None:
+        """General ability of the model as it is now (the probe's summary per language), once per step."""
+        if self.probe is None:
+            return
+        signature = self.probe.signature
+        if any(r["after"] == after and r["probe"] == signature for r in _read_jsonl(self.probe_path)):
+            return
+        summary = self.probe.summary(self.lm.model, self.lm.tokenizer)
+        # one record per step (all languages), so an interruption never leaves a step half recorded
+        _append_jsonl(self.probe_path, {"after": after, "probe": signature, "rows": summary.to_dict("records")})
 
     # ----- the loop ------------------------------------------------------------------------
     def run(self) -> pd.DataFrame:
@@ -329,6 +349,13 @@ class SequentialRun:
 
     def batches(self) -> pd.DataFrame:
         return pd.DataFrame(_read_jsonl(self.batches_path))
+
+    def probes(self) -> pd.DataFrame:
+        """The probe's summary rows after every step (this run's probe only; empty without one)."""
+        records = _read_jsonl(self.probe_path)
+        if self.probe is not None:
+            records = [r for r in records if r["probe"] == self.probe.signature]
+        return pd.DataFrame([{"after": r["after"], **row} for r in records for row in r["rows"]])
 
     def per_fact(self) -> pd.DataFrame:
         """Per-fact scores of every evaluation (read_per_fact)."""
