@@ -149,3 +149,20 @@ def test_running_covariance_rules_match_a_hand_recursion_over_all_earlier_keys(v
         assert frame["null_dimension"].iloc[t] == expected, t
         kk_sum, n = kk_sum + keys.T @ keys, n + len(keys)
     assert frame["null_dimension"].iloc[-1] < frame["null_dimension"].iloc[0]
+
+
+def test_unedited_keys_are_compute_keys_per_layer_in_request_order(default_tokenizer, tmp_path):
+    from langedit.exhaustion import unedited_keys
+    lm = build_tiny_model("gemma3_text", tokenizer=default_tokenizer)
+    hp = load_hparams("alphaedit", "gemma3", layers=[1, 2], stats_tokens=300)
+    editor = Editor(lm, method="alphaedit", hparams=hp, corpus_texts=CORPUS, progress=False, cache=tmp_path)
+    requests = [INCEPTION, BORN_DE, COUNTRY]          # en, de, en: languages interleaved
+    batches = unedited_keys(lm, requests, [1, 2], editor.templates_for, batch_size=2)
+    assert [len(b[1]) for b in batches] == [2, 1]
+    for layer in (1, 2):
+        got = torch.cat([b[layer] for b in batches])
+        for row, request in enumerate(requests):
+            expected = compute_keys(lm.model, lm.tokenizer, lm.arch, [request], layer, editor.templates_for([request]))
+            assert torch.allclose(got[row], expected[0], atol=1e-5), (layer, row)
+    with pytest.raises(ValueError, match="no requests"):
+        unedited_keys(lm, [], [1], editor.templates_for)

@@ -14,12 +14,21 @@ import pandas as pd
 from .paths import results_dir
 
 LANGUAGES = ("en", "de", "nl", "es", "fr", "zh")
+#: All twelve MzsRE languages: the paper's six in its order, then the six it did not edit.
+MZSRE_ORDER = LANGUAGES + ("cs", "pt", "ru", "th", "tr", "vi")
 METHOD_ORDER = ("pre-edit", "ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit")
 METHOD_LABELS = {"pre-edit": "Pre-edited", "ft": "FT", "rome": "ROME", "memit": "MEMIT", "prune": "PRUNE",
                  "rect": "RECT", "alphaedit": "AlphaEdit", "langedit": "LangEdit"}
 #: One colour per method in every figure of the suite (colour-blind-safe Okabe-Ito + greys).
 METHOD_COLOURS = {"pre-edit": "#7f7f7f", "ft": "#bcbd22", "rome": "#56B4E9", "memit": "#009E73", "prune": "#F0E442",
                   "rect": "#CC79A7", "alphaedit": "#0072B2", "langedit": "#D55E00"}
+#: The null-space projector rules (langedit.exhaustion.RULES): the method's colour, the variant's line style.
+RULE_LABELS = {"alphaedit": "AlphaEdit", "langedit:released": "LangEdit (released)",
+               "langedit:paper": "LangEdit (paper)", "langedit:incremental": "LangEdit (incremental)"}
+RULE_STYLES = {"alphaedit": dict(color=METHOD_COLOURS["alphaedit"], linestyle="-", marker="o"),
+               "langedit:released": dict(color=METHOD_COLOURS["langedit"], linestyle="-", marker="s"),
+               "langedit:paper": dict(color=METHOD_COLOURS["langedit"], linestyle="--", marker="^"),
+               "langedit:incremental": dict(color=METHOD_COLOURS["langedit"], linestyle=":", marker="D")}
 
 #: Scales per profile. smoke: CI, every notebook in minutes on 2 CPU cores. default: the committed
 #: results on Gemma-3-270M (CPU). paper: the paper's scales on a GPU (Llama-3-8B etc.).
@@ -32,7 +41,10 @@ PROFILES: dict[str, dict] = {
                   overrides=dict(v_steps=3, rome_v_steps=3, stats_tokens=600, layers=(7, 8)),
                   xtreme=dict(tasks=("xnli",), n_per_task=2),
                   mlake=dict(languages=("en", "de"), n_per_language=2),
-                  tracing=dict(facts_per_language=1, n_samples=2, kinds=("mlp",))),
+                  tracing=dict(facts_per_language=1, n_samples=2, kinds=("mlp",)),
+                  exhaustion=dict(languages=("en", "de"), keys_per_language=3, key_batch=2, layers=(7, 8),
+                                  edit_languages=("en", "de"), edits_per_language=1, edit_batch=1,
+                                  edit_methods=("alphaedit", "langedit"), probe_languages=("en",), probe_texts=2)),
     # 3 edits per language (18 in all), XTREME restricted to the two log-likelihood tasks with 10
     # items per language, 2 facts per language for causal tracing: the scales that keep the whole
     # suite well under an hour on 2 CPU cores (measured: README "Notebooks and results").
@@ -42,14 +54,23 @@ PROFILES: dict[str, dict] = {
                     pair=("en", "zh"), pair_methods=("alphaedit", "langedit"),
                     overrides=dict(), xtreme=dict(tasks=("xnli", "pawsx"), n_per_task=10),
                     mlake=dict(languages=("en", "de", "fr"), n_per_language=3),
-                    tracing=dict(facts_per_language=2, n_samples=3, kinds=("hidden", "mlp"))),
+                    tracing=dict(facts_per_language=2, n_samples=3, kinds=("hidden", "mlp")),
+                    # keys only (cheap) far past exhaustion; real edits (v* ~5 s each) for a short prefix
+                    exhaustion=dict(languages=MZSRE_ORDER, keys_per_language=200, key_batch=100, layers=(3, 8),
+                                    edit_languages=("en", "de", "nl"), edit_batch=10, edits_per_language=10,
+                                    edit_methods=("alphaedit", "langedit"), probe_languages=("en", "de"),
+                                    probe_texts=20)),
     "paper": dict(languages=LANGUAGES, n_per_language=400, batch_size=100, seeds=(0, 1, 2), fact_design="parallel",
                   methods=("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"),
                   focus_methods=("alphaedit", "langedit"), radar_methods=("rect", "alphaedit", "langedit"),
                   pair=("en", "zh"), pair_methods=("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"),
                   overrides=dict(), xtreme=dict(tasks=("xnli", "pawsx", "mlqa", "wikiann"), n_per_task=100),
                   mlake=dict(languages=("en", "de", "fr"), n_per_language=400),
-                  tracing=dict(facts_per_language=100, n_samples=10, kinds=("hidden", "mlp", "attn"))),
+                  tracing=dict(facts_per_language=100, n_samples=10, kinds=("hidden", "mlp", "attn")),
+                  exhaustion=dict(languages=MZSRE_ORDER, keys_per_language=549, key_batch=100,
+                                  layers=None, edit_languages=MZSRE_ORDER, edit_batch=100, edits_per_language=400,
+                                  edit_methods=("alphaedit", "langedit"), probe_languages=LANGUAGES,
+                                  probe_texts=100)),
 }
 
 
@@ -101,12 +122,15 @@ class RunResult:
     method: str
     mode: str
     overrides: dict
+    probes: pd.DataFrame | None = None     # the general-ability probe after every step, if one was given
 
 
 def sequential_run(lm, method: str, requests, order: Sequence[str], batch_size: int, mode: str = "multilingual",
                    shuffle_seed: int | None = None, progress: bool = True, portability: bool = False,
-                   **overrides) -> RunResult:
-    """Run (or resume, or reload) a sequential editing run, kept under results/runs/ by its parameters."""
+                   probe=None, **overrides) -> RunResult:
+    """Run (or resume, or reload) a sequential editing run, kept under results/runs/ by its parameters.
+    `probe` (ability.AbilityProbe) scores general ability after every step (RunResult.probes); it is
+    an observation, not part of the run's key (its records carry the probe's signature)."""
     from .editing.sequential import SequentialRun, resolved_hparams
 
     params = dict(order=list(order), n=max(len(v) for v in requests.values()), batch_size=batch_size,
@@ -115,9 +139,9 @@ def sequential_run(lm, method: str, requests, order: Sequence[str], batch_size: 
                   hparams=resolved_hparams(lm, method, **overrides))
     folder = run_folder("seq", method, mode, lm.name, params)
     run = SequentialRun(lm, method, requests, order, batch_size, folder, mode=mode, shuffle_seed=shuffle_seed,
-                        progress=progress, portability=portability, **overrides)
+                        progress=progress, portability=portability, probe=probe, **overrides)
     evals = run.run()
-    return RunResult(evals, run.batches(), folder, method, mode, dict(overrides))
+    return RunResult(evals, run.batches(), folder, method, mode, dict(overrides), run.probes())
 
 
 @contextmanager
