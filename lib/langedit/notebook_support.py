@@ -14,12 +14,19 @@ import pandas as pd
 from .paths import results_dir
 
 LANGUAGES = ("en", "de", "nl", "es", "fr", "zh")
+#: All twelve MzsRE languages in notebook 11's order: the paper's six, then the six it did not use.
+TWELVE_LANGUAGES = LANGUAGES + ("cs", "pt", "ru", "th", "tr", "vi")
 METHOD_ORDER = ("pre-edit", "ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit")
 METHOD_LABELS = {"pre-edit": "Pre-edited", "ft": "FT", "rome": "ROME", "memit": "MEMIT", "prune": "PRUNE",
                  "rect": "RECT", "alphaedit": "AlphaEdit", "langedit": "LangEdit"}
 #: One colour per method in every figure of the suite (colour-blind-safe Okabe-Ito + greys).
 METHOD_COLOURS = {"pre-edit": "#7f7f7f", "ft": "#bcbd22", "rome": "#56B4E9", "memit": "#009E73", "prune": "#F0E442",
                   "rect": "#CC79A7", "alphaedit": "#0072B2", "langedit": "#D55E00"}
+#: One colour per language wherever a figure colours by language (Paul Tol's "muted" scheme plus
+#: three darker tones); none is a method colour, so a colour never means both.
+LANGUAGE_COLOURS = {"en": "#332288", "de": "#88CCEE", "nl": "#44AA99", "es": "#117733", "fr": "#999933",
+                    "zh": "#DDCC77", "cs": "#CC6677", "pt": "#882255", "ru": "#AA4499", "th": "#000000",
+                    "tr": "#8C564B", "vi": "#5F6B7A"}
 
 #: Scales per profile. smoke: CI, every notebook in minutes on 2 CPU cores. default: the committed
 #: results on Gemma-3-270M (CPU). paper: the paper's scales on a GPU (Llama-3-8B etc.).
@@ -32,7 +39,9 @@ PROFILES: dict[str, dict] = {
                   overrides=dict(v_steps=3, rome_v_steps=3, stats_tokens=600, layers=(7, 8)),
                   xtreme=dict(tasks=("xnli",), n_per_task=2),
                   mlake=dict(languages=("en", "de"), n_per_language=2),
-                  tracing=dict(facts_per_language=1, n_samples=2, kinds=("mlp",))),
+                  tracing=dict(facts_per_language=1, n_samples=2, kinds=("mlp",)),
+                  twelve=dict(languages=("en", "de", "th"), n_per_language=1, batch_size=1, seeds=(0,),
+                              fact_design="disjoint", methods=("memit", "langedit"))),
     # 3 edits per language (18 in all), XTREME restricted to the two log-likelihood tasks with 10
     # items per language, 2 facts per language for causal tracing: the scales that keep the whole
     # suite well under an hour on 2 CPU cores (measured: README "Notebooks and results").
@@ -42,14 +51,21 @@ PROFILES: dict[str, dict] = {
                     pair=("en", "zh"), pair_methods=("alphaedit", "langedit"),
                     overrides=dict(), xtreme=dict(tasks=("xnli", "pawsx"), n_per_task=10),
                     mlake=dict(languages=("en", "de", "fr"), n_per_language=3),
-                    tracing=dict(facts_per_language=2, n_samples=3, kinds=("hidden", "mlp"))),
+                    tracing=dict(facts_per_language=2, n_samples=3, kinds=("hidden", "mlp")),
+                    # notebook 11: 12 languages x 5 facts, one batch per language, different facts per language
+                    twelve=dict(languages=TWELVE_LANGUAGES, n_per_language=5, batch_size=5, seeds=(0,),
+                                fact_design="disjoint", methods=("memit", "alphaedit", "langedit"))),
     "paper": dict(languages=LANGUAGES, n_per_language=400, batch_size=100, seeds=(0, 1, 2), fact_design="parallel",
                   methods=("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"),
                   focus_methods=("alphaedit", "langedit"), radar_methods=("rect", "alphaedit", "langedit"),
                   pair=("en", "zh"), pair_methods=("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"),
                   overrides=dict(), xtreme=dict(tasks=("xnli", "pawsx", "mlqa", "wikiann"), n_per_task=100),
                   mlake=dict(languages=("en", "de", "fr"), n_per_language=400),
-                  tracing=dict(facts_per_language=100, n_samples=10, kinds=("hidden", "mlp", "attn"))),
+                  tracing=dict(facts_per_language=100, n_samples=10, kinds=("hidden", "mlp", "attn")),
+                  # disjoint facts cap the scale: 549 of MzsRE's 643 records have a located subject in all
+                  # twelve languages, at most 45 different facts per language (100 needs fact_design="parallel")
+                  twelve=dict(languages=TWELVE_LANGUAGES, n_per_language=45, batch_size=45, seeds=(0, 1, 2),
+                              fact_design="disjoint", methods=("memit", "alphaedit", "langedit"))),
 }
 
 
@@ -203,6 +219,20 @@ def resolve(profile: str, **given) -> dict:
         raise ValueError(f"unknown notebook parameter(s) {unknown}; known: {sorted(settings)}")
     settings.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if v is not None})
     return settings
+
+
+def resolve_section(profile: str, section: str, **given) -> dict:
+    """One notebook's own block of a profile (e.g. ``PROFILES[profile]["twelve"]``) with every parameter
+    the caller gave (not None) taking precedence; unknown names are refused."""
+    settings = profile_settings(profile)
+    if not isinstance(settings.get(section), dict):
+        raise ValueError(f"profile {profile!r} has no section {section!r}")
+    block = dict(settings[section])
+    unknown = sorted(set(given) - set(block))
+    if unknown:
+        raise ValueError(f"unknown notebook parameter(s) {unknown} for {section!r}; known: {sorted(block)}")
+    block.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if v is not None})
+    return block
 
 
 EDIT_METRICS = ("efficacy", "generality", "specificity")
