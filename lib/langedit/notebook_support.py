@@ -14,8 +14,8 @@ import pandas as pd
 from .paths import results_dir
 
 LANGUAGES = ("en", "de", "nl", "es", "fr", "zh")
-#: All twelve MzsRE languages: the paper's six in its order, then the six it did not edit.
-MZSRE_ORDER = LANGUAGES + ("cs", "pt", "ru", "th", "tr", "vi")
+#: All twelve MzsRE languages in notebook 11's order: the paper's six, then the six it did not use.
+TWELVE_LANGUAGES = LANGUAGES + ("cs", "pt", "ru", "th", "tr", "vi")
 METHOD_ORDER = ("pre-edit", "ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit")
 METHOD_LABELS = {"pre-edit": "Pre-edited", "ft": "FT", "rome": "ROME", "memit": "MEMIT", "prune": "PRUNE",
                  "rect": "RECT", "alphaedit": "AlphaEdit", "langedit": "LangEdit"}
@@ -29,6 +29,11 @@ RULE_STYLES = {"alphaedit": dict(color=METHOD_COLOURS["alphaedit"], linestyle="-
                "langedit:released": dict(color=METHOD_COLOURS["langedit"], linestyle="-", marker="s"),
                "langedit:paper": dict(color=METHOD_COLOURS["langedit"], linestyle="--", marker="^"),
                "langedit:incremental": dict(color=METHOD_COLOURS["langedit"], linestyle=":", marker="D")}
+#: One colour per language wherever a figure colours by language (Paul Tol's "muted" scheme plus
+#: three darker tones); none is a method colour, so a colour never means both.
+LANGUAGE_COLOURS = {"en": "#332288", "de": "#88CCEE", "nl": "#44AA99", "es": "#117733", "fr": "#999933",
+                    "zh": "#DDCC77", "cs": "#CC6677", "pt": "#882255", "ru": "#AA4499", "th": "#000000",
+                    "tr": "#8C564B", "vi": "#5F6B7A"}
 
 #: Scales per profile. smoke: CI, every notebook in minutes on 2 CPU cores. default: the committed
 #: results on Gemma-3-270M (CPU). paper: the paper's scales on a GPU (Llama-3-8B etc.).
@@ -43,8 +48,10 @@ PROFILES: dict[str, dict] = {
                   mlake=dict(languages=("en", "de"), n_per_language=2),
                   tracing=dict(facts_per_language=1, n_samples=2, kinds=("mlp",)),
                   exhaustion=dict(languages=("en", "de"), keys_per_language=3, key_batch=2, layers=(7, 8),
-                                  edit_languages=("en", "de"), edits_per_language=1, edit_batch=1,
-                                  edit_methods=("alphaedit", "langedit"), probe_languages=("en",), probe_texts=2)),
+                                  edit_languages=("en", "de"), edits_per_language=1, edit_batch=1, edit_design="disjoint",
+                                  edit_methods=("alphaedit", "langedit"), probe_languages=("en",), probe_texts=2),
+                  twelve=dict(languages=("en", "de", "th"), n_per_language=1, batch_size=1, seeds=(0,),
+                              fact_design="disjoint", methods=("memit", "langedit"))),
     # 3 edits per language (18 in all), XTREME restricted to the two log-likelihood tasks with 10
     # items per language, 2 facts per language for causal tracing: the scales that keep the whole
     # suite well under an hour on 2 CPU cores (measured: README "Notebooks and results").
@@ -56,10 +63,14 @@ PROFILES: dict[str, dict] = {
                     mlake=dict(languages=("en", "de", "fr"), n_per_language=3),
                     tracing=dict(facts_per_language=2, n_samples=3, kinds=("hidden", "mlp")),
                     # keys only (cheap) far past exhaustion; real edits (v* ~5 s each) for a short prefix
-                    exhaustion=dict(languages=MZSRE_ORDER, keys_per_language=200, key_batch=100, layers=(3, 8),
+                    exhaustion=dict(languages=TWELVE_LANGUAGES, keys_per_language=200, key_batch=100, layers=(3, 8),
                                     edit_languages=("en", "de", "nl"), edit_batch=10, edits_per_language=10,
+                                    edit_design="disjoint",
                                     edit_methods=("alphaedit", "langedit"), probe_languages=("en", "de"),
-                                    probe_texts=20)),
+                                    probe_texts=20),
+                    # notebook 11: 12 languages x 5 facts, one batch per language, different facts per language
+                    twelve=dict(languages=TWELVE_LANGUAGES, n_per_language=5, batch_size=5, seeds=(0,),
+                                fact_design="disjoint", methods=("memit", "alphaedit", "langedit"))),
     "paper": dict(languages=LANGUAGES, n_per_language=400, batch_size=100, seeds=(0, 1, 2), fact_design="parallel",
                   methods=("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"),
                   focus_methods=("alphaedit", "langedit"), radar_methods=("rect", "alphaedit", "langedit"),
@@ -67,10 +78,15 @@ PROFILES: dict[str, dict] = {
                   overrides=dict(), xtreme=dict(tasks=("xnli", "pawsx", "mlqa", "wikiann"), n_per_task=100),
                   mlake=dict(languages=("en", "de", "fr"), n_per_language=400),
                   tracing=dict(facts_per_language=100, n_samples=10, kinds=("hidden", "mlp", "attn")),
-                  exhaustion=dict(languages=MZSRE_ORDER, keys_per_language=549, key_batch=100,
-                                  layers=None, edit_languages=MZSRE_ORDER, edit_batch=100, edits_per_language=400,
+                  exhaustion=dict(languages=TWELVE_LANGUAGES, keys_per_language=549, key_batch=100,
+                                  layers=None, edit_languages=TWELVE_LANGUAGES, edit_batch=100, edits_per_language=400,
+                                  edit_design="parallel",
                                   edit_methods=("alphaedit", "langedit"), probe_languages=LANGUAGES,
-                                  probe_texts=100)),
+                                  probe_texts=100),
+                  # disjoint facts cap the scale: 549 of MzsRE's 643 records have a located subject in all
+                  # twelve languages, at most 45 different facts per language (100 needs fact_design="parallel")
+                  twelve=dict(languages=TWELVE_LANGUAGES, n_per_language=45, batch_size=45, seeds=(0, 1, 2),
+                              fact_design="disjoint", methods=("memit", "alphaedit", "langedit"))),
 }
 
 
@@ -227,6 +243,20 @@ def resolve(profile: str, **given) -> dict:
         raise ValueError(f"unknown notebook parameter(s) {unknown}; known: {sorted(settings)}")
     settings.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if v is not None})
     return settings
+
+
+def resolve_section(profile: str, section: str, **given) -> dict:
+    """One notebook's own block of a profile (e.g. ``PROFILES[profile]["twelve"]``) with every parameter
+    the caller gave (not None) taking precedence; unknown names are refused."""
+    settings = profile_settings(profile)
+    if not isinstance(settings.get(section), dict):
+        raise ValueError(f"profile {profile!r} has no section {section!r}")
+    block = dict(settings[section])
+    unknown = sorted(set(given) - set(block))
+    if unknown:
+        raise ValueError(f"unknown notebook parameter(s) {unknown} for {section!r}; known: {sorted(block)}")
+    block.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if v is not None})
+    return block
 
 
 EDIT_METRICS = ("efficacy", "generality", "specificity")
