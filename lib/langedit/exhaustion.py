@@ -182,9 +182,10 @@ def predict(eigenvalues: torch.Tensor, kind: str, value: float, n_batches: int, 
     each has squared norm `key_energy` (E|k|^2 = tr C0 for keys distributed as C0's):
 
     * alphaedit: P never changes: N0.
-    * paper: an edited key adds |k|^2 / (n0 + n) to the covariance; a direction leaves the null space
-      only once that lifts its eigenvalue over the cutoff, so at most the eigenvalues within that
-      amount under the cutoff go: N0 - #{c - |k|^2/(n0+n) <= lambda < c} (about N0: inert).
+    * paper: an edited key adds |k|^2 / (n0 + n) to the covariance along its own direction; a direction
+      leaves the null space only once that lifts its eigenvalue over the cutoff, so each key removes at
+      most one direction, and only one within that amount under the cutoff:
+      N0 - min(edits, #{c - |k|^2/(n0+n) <= lambda < c}) (about N0 when the lift is small: inert).
     * released: every edited key's weight in the running covariance is at least w1/(w0 + t w1) |k|^2
       (~ |k|^2 / 1000), far over the cutoff, so each edited key removes one dimension; meanwhile C0 is
       scaled by `released_c0_scale(t)`, so its eigenvalues under c / scale return to the null space:
@@ -198,7 +199,8 @@ def predict(eigenvalues: torch.Tensor, kind: str, value: float, n_batches: int, 
     for t in range(n_batches):
         edits = t * batch_size
         lift = key_energy / (n0_tokens + edits)
-        paper = n0_dim - int(((ascending >= cutoff - lift) & (ascending < cutoff)).sum()) if edits else n0_dim
+        near = int(((ascending >= cutoff - lift) & (ascending < cutoff)).sum())
+        paper = n0_dim - min(edits, near)          # one key lifts one direction, and only a near one
         scale = released_c0_scale(t)
         released = max(0, int((ascending * scale < cutoff).sum()) - edits)
         rows += [{"rule": "alphaedit", "batch": t, "edits_before": edits, "null_dimension": n0_dim},
