@@ -176,3 +176,23 @@ def test_a_real_sequential_run_keeps_per_fact_scores_whose_means_are_its_evals(t
         runs[(0, method)] = ns.RunResult(evals, run.batches(), run.out_dir, method, "multilingual", {})
     tests = ns.paired_tests(runs, "alphaedit", "memit").set_index("metric")
     assert (tests["test"] == "paired bootstrap over facts").all() and (tests["n"] == 3).all()
+
+
+def test_radar_draws_each_method_in_its_own_style_and_refuses_missing_values():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from langedit.notebook_support import METHOD_LINESTYLES, METHOD_MARKERS, radar
+
+    fig, ax = plt.subplots(subplot_kw={"polar": True})
+    radar(ax, ["a", "b", "c"], {"alphaedit": [1, 2, 3], "langedit": [1, 2, 3]})
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert lines["AlphaEdit"].get_marker() != lines["LangEdit"].get_marker()
+    assert list(lines["LangEdit"].get_ydata()) == [1, 2, 3, 1]          # closed polygon, values as given
+    assert len(set(map(str, METHOD_LINESTYLES.values()))) == len(METHOD_LINESTYLES)
+    assert len(set(METHOD_MARKERS.values())) == len(METHOD_MARKERS)
+    with pytest.raises(ValueError, match="no NaN"):
+        radar(ax, ["a", "b", "c"], {"rect": [1, float("nan"), 3]})
+    with pytest.raises(ValueError, match="at least 3 axes"):
+        radar(ax, ["a", "b"], {"rect": [1, 2]})
+    plt.close(fig)

@@ -22,6 +22,11 @@ METHOD_LABELS = {"pre-edit": "Pre-edited", "ft": "FT", "rome": "ROME", "memit": 
 #: One colour per method in every figure of the suite (colour-blind-safe Okabe-Ito + greys).
 METHOD_COLOURS = {"pre-edit": "#7f7f7f", "ft": "#bcbd22", "rome": "#56B4E9", "memit": "#009E73", "prune": "#F0E442",
                   "rect": "#CC79A7", "alphaedit": "#0072B2", "langedit": "#D55E00"}
+#: Line style and marker per method, so that overlapping series stay distinguishable (radar, lines).
+METHOD_LINESTYLES = {"pre-edit": ":", "ft": (0, (1, 1)), "rome": (0, (5, 2)), "memit": "-.", "prune": (0, (3, 1, 1, 1)),
+                     "rect": "--", "alphaedit": "-", "langedit": (0, (6, 2, 2, 2))}
+METHOD_MARKERS = {"pre-edit": ".", "ft": "v", "rome": "P", "memit": "^", "prune": "X", "rect": "D",
+                  "alphaedit": "o", "langedit": "s"}
 #: The null-space projector rules (langedit.exhaustion.RULES): the method's colour, the variant's line style.
 RULE_LABELS = {"alphaedit": "AlphaEdit", "langedit:released": "LangEdit (released)",
                "langedit:paper": "LangEdit (paper)", "langedit:incremental": "LangEdit (incremental)"}
@@ -377,14 +382,24 @@ def paired_tests(runs: dict[tuple[int, str], RunResult], candidate: str, baselin
 
 
 def radar(ax, categories: Sequence[str], series: dict[str, Sequence[float]], limit: float = 100.0) -> None:
-    """A radar (spider) chart on a polar axis: one closed polygon per method, in the suite's colours."""
+    """A radar (spider) chart on a polar axis: one closed polygon per method, in the suite's colours, line
+    styles and markers. Every value must be a number: leave an axis out where a value is missing (a
+    missing value drawn as 0 would read as a score of 0)."""
+    import math
+
     import numpy as np
 
+    if len(categories) < 3:
+        raise ValueError(f"a radar needs at least 3 axes, got {list(categories)}")
+    for method, values in series.items():
+        if len(values) != len(categories) or any(v is None or math.isnan(v) for v in values):
+            raise ValueError(f"{method}: {list(values)} for axes {list(categories)}: one number per axis, no NaN")
     angles = np.linspace(0, 2 * np.pi, len(categories), endpoint=False).tolist()
     for method, values in series.items():
         closed = list(values) + [values[0]]
-        ax.plot(angles + angles[:1], closed, color=METHOD_COLOURS.get(method), label=METHOD_LABELS.get(method, method))
-        ax.fill(angles + angles[:1], closed, color=METHOD_COLOURS.get(method), alpha=0.12)
+        ax.plot(angles + angles[:1], closed, color=METHOD_COLOURS.get(method), label=METHOD_LABELS.get(method, method),
+                linestyle=METHOD_LINESTYLES.get(method, "-"), marker=METHOD_MARKERS.get(method, "o"), markersize=4)
+        ax.fill(angles + angles[:1], closed, color=METHOD_COLOURS.get(method), alpha=0.08)
     ax.set_xticks(angles)
     ax.set_xticklabels(categories, fontsize=8)
     ax.set_ylim(0, limit)
