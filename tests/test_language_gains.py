@@ -273,7 +273,7 @@ def test_twelve_profiles_and_overrides():
     default = ns.resolve_section("default", "twelve", methods=["langedit"], n_per_language=None)
     assert default["languages"] == ns.TWELVE_LANGUAGES and len(set(default["languages"])) == 12
     assert set(default["languages"]) == set(MZSRE_LANGUAGES_ALL)
-    assert default["methods"] == ("langedit",) and default["n_per_language"] == 5 and default["fact_design"] == "disjoint"
+    assert default["methods"] == ("langedit",) and default["n_per_language"] == 3 and default["fact_design"] == "disjoint"
     assert default["batch_size"] == default["n_per_language"]          # one batch per language
     assert len(ns.resolve_section("paper", "twelve")["seeds"]) == 3
     with pytest.raises(ValueError, match="unknown notebook parameter"):
