@@ -129,31 +129,24 @@ def unedited_keys(lm, requests: Sequence, layers: Sequence[int], templates, batc
     Editor's ``templates_for``, one request at a time)."""
     from tqdm.auto import tqdm
 
-    from .editing.activations import average_over_templates, read_at_lookup, templated_texts
-    from .editing.tokens import encode
+    from .editing.activations import keys_at_layers
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if not requests:
         raise ValueError("no requests to read keys of")
-    names = {layer: lm.arch.mlp_out_name(layer) for layer in layers}
     out = []
     for start in tqdm(range(0, len(requests), batch_size), desc="keys", disable=not progress, unit="batch"):
         batch = list(requests[start:start + batch_size])
         by_language: dict[str, list[int]] = {}
         for index, request in enumerate(batch):      # a language's requests share its templates
             by_language.setdefault(getattr(request, "language", "en"), []).append(index)
-        keys = {layer: torch.empty(len(batch), 0) for layer in layers}
+        keys: dict[int, torch.Tensor] = {}
         for indices in by_language.values():
             group = [batch[i] for i in indices]
-            shape = templates(group)
-            texts, spans = templated_texts(group, shape)
-            found = read_at_lookup(lm.model, encode(lm.tokenizer, texts, spans), list(names.values()), inputs=True)
-            for layer, name in names.items():
-                values = average_over_templates(found[name], shape)
-                if keys[layer].shape[1] != values.shape[1]:
-                    keys[layer] = torch.zeros(len(batch), values.shape[1])
-                keys[layer][indices] = values
+            found = keys_at_layers(lm.model, lm.tokenizer, lm.arch, group, layers, templates(group))
+            for layer, values in found.items():
+                keys.setdefault(layer, torch.zeros(len(batch), values.shape[1]))[indices] = values
         out.append(keys)
     return out
 

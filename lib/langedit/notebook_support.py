@@ -242,14 +242,18 @@ def paper_table(table: int, dataset: str | None = None) -> pd.DataFrame:
     return frame
 
 
-def resolve(profile: str, **given) -> dict:
-    """The profile's settings with every parameter the caller gave (not None) taking precedence."""
-    settings = profile_settings(profile)
+def _with_given(settings: dict, given: dict, where: str) -> dict:
+    """`settings` with every given parameter that is not None taking precedence (lists become tuples)."""
     unknown = sorted(set(given) - set(settings))
     if unknown:
-        raise ValueError(f"unknown notebook parameter(s) {unknown}; known: {sorted(settings)}")
+        raise ValueError(f"unknown notebook parameter(s) {unknown}{where}; known: {sorted(settings)}")
     settings.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if v is not None})
     return settings
+
+
+def resolve(profile: str, **given) -> dict:
+    """The profile's settings with every parameter the caller gave (not None) taking precedence."""
+    return _with_given(profile_settings(profile), given, "")
 
 
 def resolve_section(profile: str, section: str, **given) -> dict:
@@ -258,12 +262,7 @@ def resolve_section(profile: str, section: str, **given) -> dict:
     settings = profile_settings(profile)
     if not isinstance(settings.get(section), dict):
         raise ValueError(f"profile {profile!r} has no section {section!r}")
-    block = dict(settings[section])
-    unknown = sorted(set(given) - set(block))
-    if unknown:
-        raise ValueError(f"unknown notebook parameter(s) {unknown} for {section!r}; known: {sorted(block)}")
-    block.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items() if v is not None})
-    return block
+    return _with_given(dict(settings[section]), given, f" for {section!r}")
 
 
 EDIT_METRICS = ("efficacy", "generality", "specificity")

@@ -60,10 +60,17 @@ def average_over_templates(per_row: torch.Tensor, templates) -> torch.Tensor:
 
 def compute_keys(model, tokenizer, arch, requests: Sequence[Request], layer: int, templates) -> torch.Tensor:
     """Keys k = input of W_out at the subject's last token, averaged over templates: [B, d_key]."""
+    return keys_at_layers(model, tokenizer, arch, requests, [layer], templates)[layer]
+
+
+def keys_at_layers(model, tokenizer, arch, requests: Sequence[Request], layers: Sequence[int],
+                   templates) -> dict[int, torch.Tensor]:
+    """compute_keys at several layers from one forward pass (stopped after the last of them)."""
     texts, spans = templated_texts(requests, templates)
     batch = encode(tokenizer, texts, spans)
-    name = arch.mlp_out_name(layer)
-    return average_over_templates(read_at_lookup(model, batch, [name], inputs=True)[name], templates)
+    names = {layer: arch.mlp_out_name(layer) for layer in layers}
+    found = read_at_lookup(model, batch, list(names.values()), inputs=True)
+    return {layer: average_over_templates(found[name], templates) for layer, name in names.items()}
 
 
 def bare_batch(tokenizer, requests: Sequence[Request]) -> Batch:

@@ -33,7 +33,7 @@ from ..models.architecture import get_module, w_out, w_out_as_matrix
 from ..models.loading import LoadedModel
 from ..precision import keep_in_float32
 from ..profiling import Measure
-from .activations import compute_keys
+from .activations import keys_at_layers
 from .hparams import Hparams, load_hparams
 from .stats import KeyMoment, StatsSettings, key_moments
 from .templates import STARTERS, TemplateCache
@@ -235,11 +235,12 @@ class Editor:
         """Add k k^T of this batch's keys, read from the edited model, to the running sum."""
         templates = self.templates_for(requests)
         known = self.method.keys_of_batch()
+        missing = [layer for layer in self.layers if layer not in known]
+        if missing:      # one forward pass for all the layers the method did not read during its edit
+            known = {**known, **keys_at_layers(self.model, self.tokenizer, self.arch, requests, missing, templates)}
         keys_by_layer = {}
         for layer in self.layers:
-            keys = known[layer] if layer in known else compute_keys(self.model, self.tokenizer, self.arch, requests,
-                                                                    layer, templates)
-            keys = keys.double()
+            keys = known[layer].double()
             kk = keys.T @ keys
             self.edited_kk[layer] = kk if layer not in self.edited_kk else self.edited_kk[layer] + kk
             keys_by_layer[layer] = keys
