@@ -286,3 +286,50 @@ def test_default_model_run_is_bounded_deterministic_and_cached(default_model, tm
     assert cached["cached"].all()
     pd.testing.assert_series_equal(first["f1"], cached["f1"])
     assert 0 <= f1_average(first) <= 100
+
+
+# --- XTREME as a per-step probe of a sequential run --------------------------------------------
+
+def test_xtreme_probe_refuses_bad_settings_before_any_work():
+    from langedit.xtreme import XtremeProbe
+
+    with pytest.raises(ValueError, match="nosuchtask"):
+        XtremeProbe(tasks=("xnli", "nosuchtask"))
+    with pytest.raises(ValueError, match="at least one task"):
+        XtremeProbe(tasks=())
+    with pytest.raises(ValueError, match="n_per_task"):
+        XtremeProbe(tasks="xnli", n_per_task=0)
+    a, b = XtremeProbe("xnli", n_per_task=5), XtremeProbe("xnli", n_per_task=6)
+    assert a.signature == XtremeProbe(("xnli",), n_per_task=5).signature != b.signature
+
+
+def test_f1_by_step_averages_languages_within_a_task_then_tasks():
+    from langedit.xtreme import f1_by_step
+
+    probes = pd.DataFrame([
+        {"after": "pre-edit", "task": "xnli", "language": "en", "f1": 30.0},
+        {"after": "pre-edit", "task": "xnli", "language": "de", "f1": 50.0},
+        {"after": "pre-edit", "task": "pawsx", "language": "en", "f1": 70.0},
+        {"after": "en", "task": "xnli", "language": "en", "f1": 10.0},
+        {"after": "en", "task": "xnli", "language": "de", "f1": 20.0},
+        {"after": "en", "task": "pawsx", "language": "en", "f1": 45.0},
+    ])
+    by_step = f1_by_step(probes)
+    assert list(by_step["after"]) == ["pre-edit", "en"]
+    assert by_step["f1"].tolist() == pytest.approx([(40 + 70) / 2, (15 + 45) / 2])
+    with pytest.raises(ValueError, match="no XTREME probe"):
+        f1_by_step(pd.DataFrame())
+    with pytest.raises(ValueError, match="not an XTREME probe"):
+        f1_by_step(pd.DataFrame([{"after": "en", "norm": 1.0}]))
+
+
+@pytest.mark.slow
+def test_xtreme_probe_scores_what_evaluate_xtreme_scores(default_model, tmp_path, one_thread):
+    from langedit.xtreme import XtremeProbe
+
+    probe = XtremeProbe(tasks=("xnli", "pawsx"), languages=("en", "de"), n_per_task=2, seed=1, cache_dir=tmp_path)
+    rows = probe.summary(default_model.model, default_model.tokenizer)
+    direct = evaluate_xtreme(default_model, tasks=("xnli", "pawsx"), languages=("en", "de"), n_per_task=2, seed=1,
+                             cache=False, progress=False)
+    assert list(zip(rows["task"], rows["language"])) == list(zip(direct["task"], direct["language"]))
+    assert rows["f1"].tolist() == direct["f1"].tolist() and (rows["n"] == 2).all()

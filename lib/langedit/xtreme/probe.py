@@ -1,0 +1,64 @@
+"""XTREME as a probe of a sequential run: F1 per task and language of the model as it is after every
+language step (the references' ``downstream_eval_steps``), with the interface of
+:class:`langedit.ability.AbilityProbe` (``signature`` and ``summary``), so ``SequentialRun(probe=...)``
+records it once per step (``probes.jsonl``) and a resumed run does not score a step twice.
+
+    probe = XtremeProbe(tasks=("xnli", "pawsx"), n_per_task=10, seed=0)
+    result = sequential_run(lm, "langedit", requests, order, 3, probe=probe)
+    result.probes          # after, task, language, f1, n, ...
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+
+import pandas as pd
+
+from .evaluate import PROTOCOL_VERSION, evaluate_xtreme, method_for
+from .tasks import TASK_NAMES
+
+
+class XtremeProbe:
+    """Few-shot XTREME F1 of whatever state the model is in, one row per (task, language)."""
+
+    def __init__(self, tasks: Sequence[str] | str = TASK_NAMES, languages: Sequence[str] | None = None,
+                 n_per_task: int = 100, seed: int = 0, mode: str = "loglik", batch_size: int = 8,
+                 data_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> None:
+        self.tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+        if not self.tasks:
+            raise ValueError("an XTREME probe needs at least one task")
+        for task in self.tasks:
+            method_for(task, mode)      # unknown task or mode: fail now, not after the first edit
+        if isinstance(n_per_task, bool) or not isinstance(n_per_task, int) or n_per_task <= 0:
+            raise ValueError(f"n_per_task must be a positive int, got {n_per_task!r}")
+        self.languages = None if languages is None else tuple(languages)
+        self.n_per_task, self.seed, self.mode, self.batch_size = n_per_task, seed, mode, batch_size
+        self.data_dir, self.cache_dir = data_dir, cache_dir
+
+    @property
+    def signature(self) -> str:
+        """A short hash of what is scored (tasks, languages, items, seed, mode, protocol)."""
+        what = ("xtreme", PROTOCOL_VERSION, self.tasks, self.languages, self.n_per_task, self.seed, self.mode)
+        return hashlib.sha256(repr(what).encode()).hexdigest()[:12]
+
+    def summary(self, model, tokenizer) -> pd.DataFrame:
+        """One row per (task, language): task, language, f1, n, method."""
+        scores = evaluate_xtreme(model, tokenizer, tasks=self.tasks, languages=self.languages,
+                                 n_per_task=self.n_per_task, seed=self.seed, mode=self.mode,
+                                 batch_size=self.batch_size, data_dir=self.data_dir, cache_dir=self.cache_dir,
+                                 progress=False)
+        return scores[["task", "language", "f1", "n", "method"]].reset_index(drop=True)
+
+
+def f1_by_step(probes: pd.DataFrame) -> pd.DataFrame:
+    """The paper's "F1 (avg.)" after every recorded step of a run's XTREME probe: columns after, f1
+    (mean over tasks of each task's mean over languages), in the order the steps were recorded."""
+    if probes is None or probes.empty:
+        raise ValueError("the run has no XTREME probe records (was it run with probe=XtremeProbe(...)?)")
+    missing = {"after", "task", "f1"} - set(probes.columns)
+    if missing:
+        raise ValueError(f"probe records lack column(s) {sorted(missing)}: not an XTREME probe")
+    steps = list(dict.fromkeys(probes["after"]))
+    f1 = [float(probes[probes["after"] == s].groupby("task")["f1"].mean().mean()) for s in steps]
+    return pd.DataFrame({"after": steps, "f1": f1})
