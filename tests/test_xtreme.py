@@ -333,3 +333,19 @@ def test_xtreme_probe_scores_what_evaluate_xtreme_scores(default_model, tmp_path
                              cache=False, progress=False)
     assert list(zip(rows["task"], rows["language"])) == list(zip(direct["task"], direct["language"]))
     assert rows["f1"].tolist() == direct["f1"].tolist() and (rows["n"] == 2).all()
+
+
+def test_constant_guess_f1_is_the_better_constant_on_the_scored_items():
+    from langedit.xtreme import constant_guess_f1
+    from langedit.xtreme.tasks import gold_label, load_task, select_split
+
+    chance = constant_guess_f1(("xnli", "pawsx", "mlqa"), languages=("en", "de"), n_per_task=20, seed=2)
+    row = chance[(chance["task"] == "xnli") & (chance["language"] == "de")].iloc[0]
+    items = load_task("xnli", "de")
+    golds = [gold_label("xnli", items[i]) for i in select_split(items, "xnli", "de", 20, 2).test]
+    positives = sum(golds)
+    # by hand: always-yes has F1 2p/(p+n) on the positive class and 0 on the negative, halved by the macro mean
+    by_hand = max(100 * positives / (positives + len(golds)), 100 * (len(golds) - positives) / (2 * len(golds) - positives))
+    assert row["f1"] == pytest.approx(by_hand)
+    assert 30 <= row["f1"] <= 40                                     # balanced items: about 33.3
+    assert chance[chance["task"] == "mlqa"]["f1"].eq(0.0).all()

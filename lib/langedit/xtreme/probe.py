@@ -15,8 +15,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from .evaluate import PROTOCOL_VERSION, evaluate_xtreme, method_for
-from .tasks import TASK_NAMES
+from . import scoring
+from .evaluate import PROTOCOL_VERSION, _plan, evaluate_xtreme, method_for
+from .tasks import TASK_NAMES, get_task, gold_label, load_task, select_split
 
 
 class XtremeProbe:
@@ -62,3 +63,22 @@ def f1_by_step(probes: pd.DataFrame) -> pd.DataFrame:
     steps = list(dict.fromkeys(probes["after"]))
     f1 = [float(probes[probes["after"] == s].groupby("task")["f1"].mean().mean()) for s in steps]
     return pd.DataFrame({"after": steps, "f1": f1})
+
+
+def constant_guess_f1(tasks: Sequence[str] | str, languages: Sequence[str] | None = None, n_per_task: int = 100,
+                      seed: int = 0, data_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """What a model that ignores its input scores on the very items the suite scores: per (task,
+    language), the better of the two constant guesses (always "yes", always "no") under the same macro F1,
+    for the classification tasks; an empty answer (F1 0) for MLQA and WikiANN. Columns task, language, f1,
+    guess. Average with ``f1_average`` for the chance line of "F1 (avg.)"."""
+    rows = []
+    for task, language in _plan(tasks, languages):
+        if get_task(task).kind != "classification":
+            rows.append({"task": task, "language": language, "f1": 0.0, "guess": "empty answer"})
+            continue
+        items = load_task(task, language, data_dir)
+        golds = [gold_label(task, items[i]) for i in select_split(items, task, language, n_per_task, seed).test]
+        by_guess = {label: scoring.macro_f1(golds, [label] * len(golds)) for label in (0, 1)}
+        best = max(by_guess, key=by_guess.get)
+        rows.append({"task": task, "language": language, "f1": by_guess[best], "guess": "yes" if best else "no"})
+    return pd.DataFrame(rows)
