@@ -83,7 +83,8 @@ PROFILES: dict[str, dict] = {
                   focus_methods=("alphaedit", "langedit"), radar_methods=("rect", "alphaedit", "langedit"),
                   pair=("en", "zh"), pair_methods=("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"),
                   overrides=dict(), xtreme=dict(tasks=("xnli", "pawsx", "mlqa", "wikiann"), n_per_task=100),
-                  mlake=dict(languages=("en", "de", "fr"), n_per_language=400),
+                  # A.6: subjects annotated for 100 MLaKE records per language
+                  mlake=dict(languages=("en", "de", "fr"), n_per_language=100),
                   tracing=dict(facts_per_language=100, n_samples=10, kinds=("hidden", "mlp", "attn")),
                   exhaustion=dict(languages=TWELVE_LANGUAGES, keys_per_language=549, key_batch=100,
                                   layers=None, edit_languages=TWELVE_LANGUAGES, edit_batch=100, edits_per_language=400,
@@ -148,6 +149,17 @@ class RunResult:
     probes: pd.DataFrame | None = None     # the general-ability probe after every step, if one was given
 
 
+def request_identity(requests) -> dict:
+    """What of the requests a run's key holds: the case ids per language and, when any request is not
+    MzsRE, the datasets too (MLaKE's two settings and MzsRE all number their facts 0, 1, 2, ..., so case
+    ids alone would let one reuse another's run; MzsRE-only keys stay as they were)."""
+    identity = {"case_ids": {k: [r.case_id for r in v] for k, v in requests.items()}}
+    datasets = sorted({getattr(r, "dataset", "mzsre") for v in requests.values() for r in v})
+    if datasets != ["mzsre"]:
+        identity["datasets"] = datasets
+    return identity
+
+
 def sequential_run(lm, method: str, requests, order: Sequence[str], batch_size: int, mode: str = "multilingual",
                    shuffle_seed: int | None = None, progress: bool = True, portability: bool = False,
                    probe=None, **overrides) -> RunResult:
@@ -158,7 +170,7 @@ def sequential_run(lm, method: str, requests, order: Sequence[str], batch_size: 
 
     params = dict(order=list(order), n=max(len(v) for v in requests.values()), batch_size=batch_size,
                   shuffle_seed=shuffle_seed, portability=portability,
-                  case_ids={k: [r.case_id for r in v] for k, v in requests.items()}, overrides=overrides,
+                  **request_identity(requests), overrides=overrides,
                   hparams=resolved_hparams(lm, method, **overrides))
     folder = run_folder("seq", method, mode, lm.name, params)
     run = SequentialRun(lm, method, requests, order, batch_size, folder, mode=mode, shuffle_seed=shuffle_seed,
