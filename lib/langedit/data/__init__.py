@@ -4,6 +4,7 @@ Files are read from the data directory (``$LANGEDIT_DATA_DIR``, default ``../sha
 checkout), verified against the SHA-256 table in ``manifest.json``, and downloaded from their pinned
 public source when missing (see :mod:`langedit.data.download`).
 """
+from .bizsre import BIZSRE_LANGUAGES, load_bizsre
 from .corpus import CORPORA, Corpus, CorpusSpecError, CorpusUnavailableError, count_words, load_corpus, open_corpus
 from .download import (ChecksumMismatchError, DataDirectoryMissingError, DataFileMissingError, ensure_data_file,
                        load_manifest, source_url)
@@ -15,6 +16,7 @@ from .report import subject_location_report
 from .subjects import FUZZY_THRESHOLD, RULES, SubjectLocation, locate_subject, subject_token_range, template_from_span
 
 __all__ = [
+    "BIZSRE_LANGUAGES", "load_bizsre",
     "CORPORA", "Corpus", "CorpusSpecError", "CorpusUnavailableError", "count_words", "load_corpus", "open_corpus",
     "ChecksumMismatchError", "DataDirectoryMissingError",
     "DataFileMissingError", "ensure_data_file", "load_manifest", "source_url", "MLAKE_LANGUAGES",

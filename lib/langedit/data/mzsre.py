@@ -147,17 +147,22 @@ def parse_pairs(records: Any, relative: str, language: str) -> list[tuple[dict, 
     return pairs
 
 
-def read_pairs(language: str, data_dir: str | os.PathLike | None = None) -> list[tuple[dict, dict]]:
-    """The validated ``(english_side, language_side)`` records of one pair file, in file order.
+def read_pair_file(relative: str, language: str, data_dir: str | os.PathLike | None = None) -> list[tuple[dict, dict]]:
+    """The validated ``(english_side, language_side)`` records of the pair file ``relative`` (any
+    dataset whose records are ``{"en": {...}, "<code>": {...}}`` with MzsRE's fields), in file order.
 
     Only the first ``n_records`` records pinned in the manifest are used, so a full upstream
     download and the truncated local copy give identical results.
     """
-    relative = mzsre_relative_path(language)
     records = read_json(relative, data_dir)
     if isinstance(records, list):
         records = records[: manifest_entry(relative).get("n_records", len(records))]
     return parse_pairs(records, relative, language)
+
+
+def read_pairs(language: str, data_dir: str | os.PathLike | None = None) -> list[tuple[dict, dict]]:
+    """The validated ``(english_side, language_side)`` records of the MzsRE pair file of ``language``."""
+    return read_pair_file(mzsre_relative_path(language), language, data_dir)
 
 
 def _portability(side: dict) -> tuple[str | None, str | None]:
@@ -179,14 +184,17 @@ def locality_question(loc: str) -> str:
 
 
 def build_request(
-    case_id: int, language: str, side: dict, english_side: dict, english_twin: EditRequest | None
+    case_id: int, language: str, side: dict, english_side: dict, english_twin: EditRequest | None,
+    dataset: str = "mzsre",
 ) -> EditRequest | RejectedRecord:
-    """Locate the subject of one record and build its EditRequest, or reject it."""
+    """Locate the subject of one record and build its EditRequest, or reject it (``dataset`` names the
+    source on both, e.g. ``"bzsre"`` for Bi-ZsRE records, which share MzsRE's fields)."""
     question = side["src"]
     english_subject = None if language == "en" else english_side["subject"]
     location = locate_subject(question, side["subject"], english_subject)
     if not location.located:
-        return RejectedRecord(case_id, language, question, side["subject"], english_side["subject"], location.score)
+        return RejectedRecord(case_id, language, question, side["subject"], english_side["subject"], location.score,
+                              dataset=dataset)
     portability_prompt, portability_answer = _portability(side)
     return EditRequest(
         case_id=case_id, language=language, prompt=template_from_span(question, location.span),
@@ -194,14 +202,15 @@ def build_request(
         locality_prompt=locality_question(side["loc"]), locality_answer=side["loc_ans"],
         portability_prompt=portability_prompt,
         portability_answer=portability_answer, subject_rule=location.rule, english_twin=english_twin,
-        source_subject=side["subject"], dataset="mzsre",
+        source_subject=side["subject"], dataset=dataset,
     )
 
 
-def _english_request(case_id: int, english_side: dict) -> EditRequest:
-    request = build_request(case_id, "en", english_side, english_side, None)
+def english_request(case_id: int, english_side: dict, dataset: str = "mzsre") -> EditRequest:
+    """The English request of one record; DataFormatError if its subject is not in its question."""
+    request = build_request(case_id, "en", english_side, english_side, None, dataset)
     if isinstance(request, RejectedRecord):  # English subjects all occur verbatim; fail loudly if not
-        raise DataFormatError(f"MzsRE record {case_id}: English subject {english_side['subject']!r} "
+        raise DataFormatError(f"{dataset} record {case_id}: English subject {english_side['subject']!r} "
                               f"not found in {english_side['src']!r}")
     return request
 
@@ -210,7 +219,7 @@ def _language_requests(language: str, data_dir) -> tuple[dict[int, EditRequest],
     pairs = read_pairs(language, data_dir)
     requests, rejected = {}, []
     for case_id, (english_side, side) in enumerate(pairs):
-        twin = _english_request(case_id, english_side)
+        twin = english_request(case_id, english_side)
         if language == "en":
             requests[case_id] = twin
             continue
@@ -233,7 +242,7 @@ def load_mzsre_pool(languages: str | Iterable[str], data_dir: str | os.PathLike 
     return MzsrePool(requests=requests, rejected=rejected, n_records=sizes.pop())
 
 
-def _check_count(n_per_language: int | None) -> None:
+def check_count(n_per_language: int | None) -> None:
     if n_per_language is None:
         return
     if isinstance(n_per_language, bool) or not isinstance(n_per_language, int):
@@ -306,7 +315,7 @@ def load_mzsre(
     counts of the whole files and of the selection, and prints the selection's counts unless
     ``verbose=False``.
     """
-    _check_count(n_per_language)
+    check_count(n_per_language)
     check_design(design)
     pool = load_mzsre_pool(languages, data_dir)
     if design == "parallel":
