@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from langedit.models.tiny import TINY_FAMILIES, build_tiny_model
-from langedit.tracing import (KINDS, SubjectNotFoundError, TraceFact, as_trace_fact, causal_trace, clean_run,
+from langedit.tracing import (KINDS, EncodedFact, SubjectNotFoundError, TraceFact, as_trace_fact, causal_trace, clean_run,
                               encode_fact, heatmap_frame, make_noise, mlp_effect_by_layer, position_categories,
                               restoration_grid, restored_answer_probs, restored_layers, state_names,
                               suggest_edit_layers, token_effects, trace_fact)
@@ -267,3 +267,212 @@ def test_mlp_curve_weights_languages_by_facts():
     curve = mlp_effect_by_layer(table).set_index("language")
     assert curve.loc["all", "indirect_effect"] == pytest.approx(0.225)
     assert curve.loc["all", "n_facts"] == 4
+
+
+# ----------------------------------------------------------------- the fast trace against a naive one
+
+def _naive_prob(model, arch, fact, answer_id, noise=None, patches=None, keep=()):
+    """Independent reference: one unbatched full forward with plain hooks, softmax over the whole vocabulary.
+
+    `noise` [n_subject, d] is added to the embedding output at the subject; `patches` maps a module name
+    to {position: value}; `keep` names modules whose outputs are returned (for the clean states).
+    """
+    from langedit.models.architecture import get_module
+
+    kept, handles = {}, []
+
+    def hook(name):
+        def fn(_module, _inputs, out):
+            tensor = out[0] if isinstance(out, tuple) else out
+            if name == arch.embed and noise is not None:
+                tensor = tensor.clone()
+                start, end = fact.subject_range
+                tensor[0, start:end] += noise
+            for position, value in (patches or {}).get(name, {}).items():
+                tensor = tensor.clone()
+                tensor[0, position] = value
+            kept[name] = tensor[0].detach().clone()
+            return (tensor, *out[1:]) if isinstance(out, tuple) else tensor
+        return fn
+
+    for name in {arch.embed, *(patches or {}), *keep}:
+        handles.append(get_module(model, name).register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=fact.input_ids[None]).logits[0, -1].double()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return float(logits.softmax(-1)[answer_id]), kept
+
+
+@pytest.mark.parametrize("layers_per_forward", [1, 3])
+def test_fast_grid_equals_naive_trace(tiny, tokenizer, layers_per_forward):
+    """Prefix cache + skipped layers + last-position head == full forward with one patched state."""
+    model, arch = tiny.model, tiny.arch
+    fact = encode_fact(tokenizer, as_trace_fact(FACTS[0]))
+    answer = fact.answer_id
+    noise = _noise(model, fact, std=2.0, n=2)
+    every = [name for kind in KINDS for name in state_names(arch, kind, N_LAYERS)]
+    _, clean_states = _naive_prob(model, arch, fact, answer, keep=every)
+    clean = clean_run(model, fact, every, answer)
+    corrupted = [_naive_prob(model, arch, fact, answer, noise=noise[s])[0] for s in range(2)]
+    positions = [fact.subject_range[0], fact.subject_range[1] - 1, fact.subject_range[1], fact.n_tokens - 1]
+    for kind in KINDS:
+        names = state_names(arch, kind, N_LAYERS)
+        grid = restoration_grid(model, fact, noise, answer, clean, kind, positions, window=2,
+                                layers_per_forward=layers_per_forward)
+        for position in positions:
+            for layer in (0, 1, N_LAYERS - 1):
+                patch = {names[w]: {position: clean_states[names[w]][position]}
+                         for w in restored_layers(kind, layer, 2, N_LAYERS)}
+                naive = np.mean([_naive_prob(model, arch, fact, answer, noise=noise[s], patches=patch)[0]
+                                 for s in range(2)])
+                assert grid[position, layer] == pytest.approx(naive, abs=1e-5), (kind, position, layer)
+    trace = trace_fact(model, tokenizer, fact, noise_std=2.0, kinds=("hidden",), n_samples=2)
+    assert trace.p_corrupt == pytest.approx(np.mean(corrupted), abs=1e-5)
+    assert trace.p_clean == pytest.approx(_naive_prob(model, arch, fact, answer)[0], abs=1e-5)
+
+
+def test_indirect_effect_is_restored_minus_corrupted(tokenizer):
+    """AIE per (category, layer) = mean over facts of (restored - corrupted), checked against the grid."""
+    model = build_tiny_model("llama", tokenizer=tokenizer).model
+    result = causal_trace(model, tokenizer, FACTS, kinds=("mlp",), noise_std=3.0, n_samples=2, window=2,
+                          answers="predicted", progress=False)
+    en = [t for t in result.traces if t.fact.fact.language == "en"]
+    assert len(en) == 2
+    row = result.effects.query("language == 'en' and kind == 'mlp' and position_category == 'last' and layer == 1")
+    expected = np.mean([t.scores["mlp"][-1, 1] - t.p_corrupt for t in en])
+    assert float(row["indirect_effect"].iloc[0]) == pytest.approx(expected, abs=1e-9)
+    assert float(row["prob"].iloc[0]) - float(row["p_corrupt"].iloc[0]) == pytest.approx(expected, abs=1e-9)
+    assert int(row["n_facts"].iloc[0]) == 2
+
+
+def test_category_aggregation_by_hand():
+    """Two synthetic facts of different lengths; categories averaged within a fact, then over facts."""
+    from langedit.tracing import FactTrace, position_effects
+
+    def fake(n_tokens, subject_range, scores, p_corrupt):
+        ids = torch.zeros(n_tokens, dtype=torch.long)
+        fact = EncodedFact(TraceFact("p", "s", "a", "en"), ids, ("t",) * n_tokens, subject_range, 0)
+        return FactTrace(fact, 0, "a", "a", 1.0, p_corrupt, True, {"hidden": np.array(scores, dtype=float)[:, None]})
+
+    # fact A: 6 tokens, subject [1, 4): first 1, middle 2, last 3, first subsequent 4, last 5 (no further)
+    a = fake(6, (1, 4), [0.0, 0.1, 0.2, 0.3, 0.4, 0.5], p_corrupt=0.1)
+    # fact B: 7 tokens, subject [1, 3): first 1, last 2, first subsequent 3, further 4-5, last 6
+    b = fake(7, (1, 3), [0.0, 0.2, 0.4, 0.6, 0.7, 0.9, 1.0], p_corrupt=0.2)
+    table = position_effects([a, b]).set_index("position_category")
+    expected = {  # (mean restored prob, mean AIE, n facts)
+        "first_subject": ((0.1 + 0.2) / 2, (0.0 + 0.0) / 2, 2),
+        "middle_subject": (0.2, 0.1, 1),
+        "last_subject": ((0.3 + 0.4) / 2, (0.2 + 0.2) / 2, 2),
+        "first_subsequent": ((0.4 + 0.6) / 2, (0.3 + 0.4) / 2, 2),
+        "further": (0.8, 0.6, 1),
+        "last": ((0.5 + 1.0) / 2, (0.4 + 0.8) / 2, 2),
+    }
+    for category, (prob, effect, n) in expected.items():
+        assert table.loc[category, "prob"] == pytest.approx(prob)
+        assert table.loc[category, "indirect_effect"] == pytest.approx(effect)
+        assert table.loc[category, "n_facts"] == n
+
+
+def test_noise_is_seeded():
+    fact = encode_fact(word_tokenizer(), as_trace_fact(FACTS[0]))
+    first, again, other = (make_noise(fact, 10, 8, 1.5, seed) for seed in (0, 0, 1))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert first.shape == (10, 2, 8)
+
+
+def test_restored_window_and_skipped_layers():
+    from langedit.tracing import first_computed_layer
+
+    assert list(restored_layers("mlp", 0, 6, 18)) == [0, 1, 2]
+    assert list(restored_layers("mlp", 10, 6, 18)) == [7, 8, 9, 10, 11, 12]
+    assert list(restored_layers("attn", 17, 6, 18)) == [14, 15, 16, 17]
+    assert list(restored_layers("hidden", 5, 6, 18)) == [5]
+    assert first_computed_layer("hidden", 5, 6, 18) == 6   # layers 0..5 come from the corrupted run
+    assert first_computed_layer("mlp", 10, 6, 18) == 7     # layer 7's MLP is patched: it must run
+    assert first_computed_layer("mlp", 1, 6, 18) == 0
+
+
+def test_screening_matches_single_forwards(tiny, tokenizer):
+    """Right-padded batched first pass == one unpadded clean run per fact."""
+    from langedit.tracing import screen_facts
+
+    facts = [encode_fact(tokenizer, as_trace_fact(f)) for f in FACTS]
+    assert len({f.n_tokens for f in facts}) > 1  # padding is exercised
+    screened = screen_facts(tiny.model, facts, [f.answer_id for f in facts], batch_size=3)
+    for fact, (top, prob) in zip(facts, screened):
+        clean = clean_run(tiny.model, fact, [], fact.answer_id)
+        assert top == clean.top_id and prob == pytest.approx(clean.prob, abs=1e-6)
+    with pytest.raises(ValueError, match="3 facts but 2"):
+        screen_facts(tiny.model, facts, [None, None])
+
+
+def test_draws_until_enough_correct_per_language(tokenizer):
+    model = build_tiny_model("gemma3_text", tokenizer=tokenizer).model
+    prompt, subject = FACTS[0][:2]
+    right = tokenizer.convert_ids_to_tokens(clean_run(model, encode_fact(tokenizer, TraceFact(prompt, subject)), []).top_id)
+    wrong = next(w for w in WORDS if w != right and w.isalpha())
+    en = [(prompt, subject, answer, "en") for answer in (wrong, right, wrong, right, right, right)]
+    de = [(prompt, subject, answer, "de") for answer in (wrong, right, wrong)]
+    result = causal_trace(model, tokenizer, en + de, kinds=("mlp",), noise_std=3.0, n_samples=2, window=2,
+                          categories=("last_subject",), max_facts_per_language=2, screen_batch=2, progress=False)
+    status = result.facts["status"].tolist()
+    assert status[:6] == ["wrong_before_corruption", "counted", "wrong_before_corruption", "counted",
+                          "language_full", "language_full"]
+    assert status[6:] == ["wrong_before_corruption", "counted", "wrong_before_corruption"]
+    counts = result.counts().set_index("language")
+    assert counts.loc["en", "n_counted"] == 2 and not counts.loc["en", "pool_exhausted"]
+    assert counts.loc["en", "n_seen"] == 4 and counts.loc["en", "n_drawn"] == 6
+    assert counts.loc["de", "n_counted"] == 1 and counts.loc["de", "pool_exhausted"]
+
+
+def test_colour_limits_shared_by_languages():
+    from langedit.tracing import colour_limits, facts_per_panel
+
+    table = pd.DataFrame({"language": ["en", "de", "en", "de"], "kind": ["mlp", "mlp", "attn", "attn"],
+                          "indirect_effect": [0.3, -0.5, 0.1, 0.05], "prob": [0.4, 0.2, 0.9, 0.1],
+                          "n_facts": [3, 2, 3, 2]})
+    assert colour_limits(table, "mlp") == (-0.5, 0.5)
+    assert colour_limits(table, "attn", "prob") == (0.0, 0.9)
+    assert facts_per_panel(table, "de", "mlp") == 2
+    with pytest.raises(ValueError, match="hidden"):
+        colour_limits(table, "hidden")
+
+
+@pytest.mark.parametrize("layers_per_forward", [1, 3])
+def test_cost_model_counts_what_the_grid_runs(tokenizer, layers_per_forward):
+    """grid_cost's layer-token and head-row counts == what a real grid computes (counted by wrapping
+    the decoder layer's class forward: a skipped layer's instance forward never reaches it)."""
+    from langedit.models.architecture import get_module
+    from langedit.tracing import corrupted_run
+    from langedit.tracing.cost import grid_cost
+
+    lm = build_tiny_model("gemma3_text", tokenizer=tokenizer)
+    fact = encode_fact(tokenizer, as_trace_fact(FACTS[0]))
+    noise = _noise(lm.model, fact, std=2.0, n=2)
+    positions = list(range(fact.subject_range[0], fact.n_tokens))
+    layer_class = type(get_module(lm.model, lm.arch.layer_name(0)))
+    original = layer_class.forward
+    for kind in KINDS:
+        clean = clean_run(lm.model, fact, state_names(lm.arch, kind, N_LAYERS), fact.answer_id)
+        corrupted = corrupted_run(lm.model, fact, noise, fact.answer_id)
+        layer_tokens, head_rows = [], []
+
+        def counting_forward(self, hidden_states, *args, **kwargs):
+            layer_tokens.append(hidden_states.shape[0] * hidden_states.shape[1])
+            return original(self, hidden_states, *args, **kwargs)
+
+        layer_class.forward = counting_forward
+        head = get_module(lm.model, lm.arch.unembed).register_forward_hook(
+            lambda _m, inputs, _out: head_rows.append(inputs[0].shape[0]))
+        try:
+            restoration_grid(lm.model, fact, noise, fact.answer_id, clean, kind, positions, window=2,
+                             corrupted=corrupted, layers_per_forward=layers_per_forward)
+        finally:
+            layer_class.forward = original
+            head.remove()
+        expected = grid_cost(kind, fact.n_tokens, positions, N_LAYERS, 2, 2, layers_per_forward)
+        assert sum(layer_tokens) == expected.layer_tokens, kind
+        assert sum(head_rows) == expected.head_rows, kind

@@ -7,16 +7,18 @@
     curve = mlp_effect_by_layer(result.effects)
     suggest_edit_layers(curve, n_layers=5)
 """
-from .core import (KINDS, CleanRun, answer_is_greedy, attn_block_out_name, clean_run, embedding_std, make_noise,
-                   restoration_grid, restored_answer_probs, restored_layers, state_names)
+from .core import (KINDS, CleanRun, CorruptedRun, answer_is_greedy, attn_block_out_name, clean_run, corrupted_run,
+                   embedding_std, first_computed_layer, make_noise, restoration_grid, restored_answer_probs,
+                   restored_layers, screen_facts, state_names)
 from .facts import EncodedFact, SubjectNotFoundError, TraceFact, as_trace_fact, encode_fact, subject_token_range
 from .run import FactTrace, TracingResult, causal_trace, trace_fact
-from .tables import (POSITION_CATEGORIES, POSITION_LABELS, heatmap_frame, mlp_effect_by_layer, position_categories,
+from .tables import (POSITION_CATEGORIES, POSITION_LABELS, colour_limits, facts_per_panel, heatmap_frame, mlp_effect_by_layer, position_categories,
                      position_effects, suggest_edit_layers, token_effects)
 
 __all__ = [
-    "KINDS", "CleanRun", "answer_is_greedy", "attn_block_out_name", "clean_run", "embedding_std", "make_noise",
-    "restoration_grid",
+    "KINDS", "CleanRun", "CorruptedRun", "answer_is_greedy", "attn_block_out_name", "clean_run", "corrupted_run",
+    "embedding_std", "first_computed_layer", "make_noise", "restoration_grid", "screen_facts", "colour_limits",
+    "facts_per_panel",
     "restored_answer_probs", "restored_layers", "state_names", "EncodedFact", "SubjectNotFoundError", "TraceFact",
     "as_trace_fact", "encode_fact", "subject_token_range", "FactTrace", "TracingResult", "causal_trace",
     "trace_fact", "POSITION_CATEGORIES", "POSITION_LABELS", "heatmap_frame", "mlp_effect_by_layer",

@@ -4,18 +4,25 @@ Corruption adds Gaussian noise to the *output of the embedding module* at the su
 Gemma that output is already scaled by sqrt(d), so the noise scale is estimated on the same
 output). Restoring copies a clean activation into the corrupted rows.
 
-Speed on CPU comes from three things:
+Every number is exact (the same as a full forward with one patched state and a softmax over the
+whole vocabulary; tests/test_tracing.py checks it against such a naive trace). What makes it cheap:
 
-* restorations are batched: for one token t, every layer (x every noise sample) is one row;
-* positions before t are identical in all those rows (attention is causal), so they are run once
-  per noise sample and shared as a KV cache; only tokens t.. are recomputed;
-* only the last position's hidden state goes through the unembedding (Gemma-3's vocabulary has
-  262k entries), and the forward stops at the final norm.
+* the answer probability needs only the last position: the forward stops at the final norm and only
+  that position goes through the unembedding (Gemma-3's vocabulary has 262k entries), as
+  exp(logit_answer - logsumexp(logits));
+* positions before the restored token t are the corrupted run's in every restoration (attention is
+  causal): they enter as a KV cache, grown token by token, so only tokens t.. are recomputed;
+* layers below the first restored one are the corrupted run's as well: they return its cached
+  outputs instead of running (one corrupted forward per fact keeps every layer's output);
+* restorations are batched: one row per (restored cell, noise sample);
+* a batched first pass (:func:`screen_facts`) finds the facts the model answers before any tracing.
 """
 from __future__ import annotations
 
+import copy
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,9 +34,6 @@ from ..models.architecture import Architecture, UnsupportedArchitectureError, ar
 from .facts import EncodedFact
 
 KINDS = ("hidden", "mlp", "attn")
-
-#: Families whose attention branch is normalised again before it joins the residual stream.
-
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
@@ -158,7 +162,8 @@ def _last_logits(model: nn.Module, arch: Architecture, hidden: torch.Tensor, chu
 
 
 def _answer_probs(model: nn.Module, arch: Architecture, hidden: torch.Tensor, answer_id: int) -> torch.Tensor:
-    return torch.cat([logits.log_softmax(-1)[:, answer_id].exp() for logits in _last_logits(model, arch, hidden)])
+    """p(answer) = exp(logit_a - logsumexp(logits)): the full vocabulary is needed only for the normaliser."""
+    return torch.cat([(logits[:, answer_id] - logits.logsumexp(-1)).exp() for logits in _last_logits(model, arch, hidden)])
 
 
 @dataclass
@@ -224,16 +229,104 @@ def restored_answer_probs(
     return _answer_probs(model, arch, hidden, answer_id)
 
 
-def _prefix_cache(model: nn.Module, arch: Architecture, fact: EncodedFact, noise: torch.Tensor, length: int,
-                  repeats: int):
-    """KV cache of the corrupted prompt's first `length` tokens, one per noise sample, each repeated."""
-    from transformers import DynamicCache
+@dataclass
+class CorruptedRun:
+    """The corrupted forward of one fact: per-sample answer probabilities and every layer's output.
 
-    cache = DynamicCache(config=model.config)
-    ids = fact.input_ids[:length].to(_device(model))[None].expand(noise.shape[0], -1)
-    _final_hidden(model, arch, ids, noise=noise, subject_range=fact.subject_range, past=cache)
-    cache.batch_repeat_interleave(repeats)
-    return cache
+    ``layer_outputs[i]`` is layer i's output ``[S, T, d]`` under the noise. A restoration at layer l
+    leaves every state below l (at every position) equal to this run's, so the grid does not
+    recompute them: those layers return these tensors instead of running (see :func:`_skip_layers`).
+    """
+    probs: torch.Tensor                    # [S]
+    layer_outputs: list[torch.Tensor] = field(repr=False)
+    #: per layer, what its forward returns after the hidden state (None: a bare tensor; GPT-J: a tuple)
+    output_tails: list[tuple | None] = field(default_factory=list, repr=False)
+
+
+def corrupted_run(model: nn.Module, fact: EncodedFact, noise: torch.Tensor, answer_id: int) -> CorruptedRun:
+    """One corrupted forward (S rows) keeping every layer's output."""
+    arch = architecture_of(model)
+    device, n_samples = _device(model), noise.shape[0]
+    layers = [arch.layer_name(layer) for layer in range(n_layers_of(model, arch))]
+    ids = fact.input_ids.to(device)[None].expand(n_samples, -1)
+    tails: dict[str, tuple | None] = {}
+    handles = [get_module(model, name).register_forward_hook(
+        lambda _m, _i, out, _n=name: tails.__setitem__(_n, tuple(out[1:]) if isinstance(out, tuple) else None))
+        for name in layers]
+    try:
+        hidden, outputs = _final_hidden(model, arch, ids, noise=noise.to(device), subject_range=fact.subject_range,
+                                        retain=layers)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return CorruptedRun(_answer_probs(model, arch, hidden, answer_id), [outputs[name] for name in layers],
+                        [tails[name] for name in layers])
+
+
+@contextmanager
+def _skip_layers(model: nn.Module, arch: Architecture, outputs: Sequence[torch.Tensor],
+                 tails: Sequence[tuple | None] = ()):
+    """Layers ``0 .. len(outputs)-1`` return the given outputs instead of computing anything.
+
+    `tails` (from :class:`CorruptedRun`) keeps the shape of what each layer returns: a bare tensor, or
+    a tuple (GPT-J returns ``(hidden, attention weights)``) whose first item the model's loop reads.
+
+    Forward hooks on those layers still fire (the "hidden" kind patches a skipped layer's output),
+    and the model's own loop, masks and position ids are untouched, so this works for any family
+    whose decoder layers feed only the next layer (all supported ones).
+    """
+    modules = [get_module(model, arch.layer_name(layer)) for layer in range(len(outputs))]
+    try:
+        tails = list(tails) + [None] * (len(outputs) - len(tails))
+        for module, output, tail in zip(modules, outputs, tails):
+            value = output if tail is None else (output, *tail)
+            module.forward = (lambda *args, _value=value, **kwargs: _value)
+        yield
+    finally:
+        for module in modules:
+            module.__dict__.pop("forward", None)  # back to the class's forward
+
+
+class _PrefixCache:
+    """KV cache of the corrupted prompt's first t tokens (one row per noise sample), grown token by token.
+
+    Positions are visited in increasing order, so the prefix for position t is the one for the
+    previous position plus the tokens in between: the whole prompt is run once in total.
+    """
+
+    def __init__(self, model: nn.Module, arch: Architecture, fact: EncodedFact, noise: torch.Tensor) -> None:
+        from transformers import DynamicCache
+
+        self.model, self.arch, self.fact, self.noise = model, arch, fact, noise
+        self.cache, self.length = DynamicCache(config=model.config), 0
+
+    def advance(self, length: int) -> None:
+        if length < self.length:
+            raise ValueError(f"the prefix cache only grows: at {self.length} tokens, asked for {length}")
+        if length == self.length:
+            return
+        ids = self.fact.input_ids[self.length:length].to(_device(self.model))[None].expand(self.noise.shape[0], -1)
+        _final_hidden(self.model, self.arch, ids, noise=self.noise, subject_range=self.fact.subject_range,
+                      offset=self.length, past=self.cache)
+        self.length = length
+
+    def repeated(self, repeats: int):
+        """A copy with every sample's row repeated `repeats` times (sample-major), for one grid forward."""
+        if self.length == 0:
+            return None
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(repeats)
+        return cache
+
+
+def first_computed_layer(kind: str, layer: int, window: int, n_layers: int) -> int:
+    """Below this layer a grid cell's states equal the corrupted run's, so those layers are skipped.
+
+    hidden: the restored state is layer l's own output, so layers 0..l are skipped (l's cached output
+    is patched by its hook); mlp/attn: the first restored layer still runs (its sublayer is patched).
+    """
+    first = restored_layers(kind, layer, window, n_layers).start
+    return first + 1 if kind == "hidden" else first
 
 
 def _grid_patches(kind: str, names: list[str], layers: Sequence[int], window: int, n_samples: int,
@@ -254,32 +347,78 @@ def _grid_patches(kind: str, names: list[str], layers: Sequence[int], window: in
 
 def restoration_grid(
     model: nn.Module, fact: EncodedFact, noise: torch.Tensor, answer_id: int, clean: CleanRun, kind: str,
-    positions: Iterable[int], window: int = 10, max_rows: int = 256,
+    positions: Iterable[int], window: int = 10, max_rows: int = 256, corrupted: CorruptedRun | None = None,
+    layers_per_forward: int = 1,
 ) -> np.ndarray:
     """Mean restored answer probability ``[n_tokens, n_layers]`` (NaN where not computed).
 
-    One row per (layer, noise sample) for each token position; the prompt before that position is
-    shared through a KV cache of the corrupted run.
+    For a token t and a group of `layers_per_forward` consecutive cells, one forward has a row per
+    (cell, noise sample) and computes only what differs from the corrupted run:
+
+    * positions before t come from the corrupted prefix's KV cache (attention is causal);
+    * layers below the group's first computed layer return the corrupted run's outputs;
+    * only the last position goes through the final norm and the unembedding.
+
+    One cell per forward (the default) skips the most layers; more cells per forward mean fewer,
+    larger forwards that recompute some corrupted layers (same numbers).
     """
+    if layers_per_forward < 1:
+        raise ValueError(f"layers_per_forward must be >= 1, got {layers_per_forward}")
     arch = architecture_of(model)
     device, n_samples = _device(model), noise.shape[0]
-    names = state_names(arch, kind, n_layers_of(model, arch))
+    n_layers = n_layers_of(model, arch)
+    names = state_names(arch, kind, n_layers)
     noise = noise.to(device)
-    scores = np.full((fact.n_tokens, len(names)), np.nan)
-    per_chunk = max(1, max_rows // n_samples)
+    corrupted = corrupted or corrupted_run(model, fact, noise, answer_id)
+    scores = np.full((fact.n_tokens, n_layers), np.nan)
+    per_chunk = max(1, min(layers_per_forward, max_rows // n_samples))
+    prefix = _PrefixCache(model, arch, fact, noise)
     for position in sorted(set(positions)):
-        for first in range(0, len(names), per_chunk):
-            layers = list(range(first, min(first + per_chunk, len(names))))
-            n_rows = n_samples * len(layers)
-            past = _prefix_cache(model, arch, fact, noise, position, len(layers)) if position > 0 else None
-            ids = fact.input_ids[position:].to(device)[None].expand(n_rows, -1)
+        if not 0 <= position < fact.n_tokens:
+            raise ValueError(f"position {position} is outside the prompt's {fact.n_tokens} tokens")
+        prefix.advance(position)
+        for first in range(0, n_layers, per_chunk):
+            layers = list(range(first, min(first + per_chunk, n_layers)))
+            skip = min(first_computed_layer(kind, layer, window, n_layers) for layer in layers)
+            cached = [out[:, position:].repeat_interleave(len(layers), 0) for out in corrupted.layer_outputs[:skip]]
+            ids = fact.input_ids[position:].to(device)[None].expand(n_samples * len(layers), -1)
             patches = _grid_patches(kind, names, layers, window, n_samples, clean, position, device)
-            hidden, _ = _final_hidden(model, arch, ids, noise=noise.repeat_interleave(len(layers), 0),
-                                      subject_range=fact.subject_range, offset=position, patches=patches,
-                                      past=past)
+            with _skip_layers(model, arch, cached, corrupted.output_tails):
+                hidden, _ = _final_hidden(model, arch, ids, noise=noise.repeat_interleave(len(layers), 0),
+                                          subject_range=fact.subject_range, offset=position, patches=patches,
+                                          past=prefix.repeated(len(layers)))
             probs = _answer_probs(model, arch, hidden, answer_id).view(n_samples, len(layers))
             scores[position, layers] = probs.mean(0).cpu().numpy()
     return scores
+
+
+def screen_facts(model: nn.Module, facts: Sequence[EncodedFact], answer_ids: Sequence[int | None],
+                 batch_size: int = 16) -> list[tuple[int, float]]:
+    """Cheap first pass: ``(top-1 token, probability of the answer)`` at each prompt's last position.
+
+    Prompts are right-padded into batches: with causal attention a real token never sees the padding
+    after it, so each row's last real position is exactly its unpadded forward. ``answer_id=None``
+    gives the top-1's own probability.
+    """
+    if len(facts) != len(answer_ids):
+        raise ValueError(f"{len(facts)} facts but {len(answer_ids)} answer ids")
+    arch = architecture_of(model)
+    device, results = _device(model), []
+    for first in range(0, len(facts), batch_size):
+        batch = facts[first:first + batch_size]
+        lengths = [fact.n_tokens for fact in batch]
+        ids = torch.zeros(len(batch), max(lengths), dtype=torch.long)
+        for row, fact in enumerate(batch):
+            ids[row, :fact.n_tokens] = fact.input_ids
+        with TraceDict(model, [arch.final_norm], stop=True) as traces, torch.no_grad():
+            model(input_ids=ids.to(device))
+        hidden = traces[arch.final_norm].output[torch.arange(len(batch)), torch.tensor(lengths) - 1]
+        logits = torch.cat(list(_last_logits(model, arch, hidden)))
+        log_probs = logits - logits.logsumexp(-1, keepdim=True)
+        for row, answer in enumerate(answer_ids[first:first + batch_size]):
+            top = int(logits[row].argmax())
+            results.append((top, float(log_probs[row, top if answer is None else answer].exp())))
+    return results
 
 
 def check_supported(model: nn.Module, kinds: Sequence[str]) -> None:

@@ -12,8 +12,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..models.architecture import architecture_of
-from .core import (KINDS, CleanRun, answer_is_greedy, check_supported, clean_run, d_model_of, embedding_std,
-                   make_noise, n_layers_of, restoration_grid, restored_answer_probs, state_names)
+from .core import (KINDS, CleanRun, answer_is_greedy, check_supported, clean_run, corrupted_run, d_model_of,
+                   embedding_std, make_noise, n_layers_of, restoration_grid, screen_facts, state_names)
 from .facts import EncodedFact, SubjectNotFoundError, as_trace_fact, encode_fact
 from .tables import position_effects, positions_for
 
@@ -87,10 +87,12 @@ def trace_fact(
     if only_if_correct and not trace.correct:
         return trace  # a wrong fact costs one clean forward, nothing more
     noise = make_noise(encoded, n_samples, d_model_of(model), noise_std, seed)
-    trace.p_corrupt = float(restored_answer_probs(model, encoded, noise, answer_id, clean=clean).mean())
+    corrupted = corrupted_run(model, encoded, noise, answer_id)  # shared by every kind's grid
+    trace.p_corrupt = float(corrupted.probs.mean())
     positions = positions_for(encoded.n_tokens, encoded.subject_range, categories)
     for kind in kinds:
-        scores = restoration_grid(model, encoded, noise, answer_id, clean, kind, positions, window, max_rows)
+        scores = restoration_grid(model, encoded, noise, answer_id, clean, kind, positions, window, max_rows,
+                                  corrupted=corrupted)
         scores[: encoded.subject_range[0]] = trace.p_corrupt
         trace.scores[kind] = scores
     return trace
@@ -107,14 +109,19 @@ class TracingResult:
     settings: dict
 
     def counts(self) -> pd.DataFrame:
-        """Per language: facts seen, counted (correct before corruption), and the mean baselines."""
+        """Per language: facts drawn, seen (checked by the first pass), counted (correct before
+        corruption), the mean baselines, and whether the pool ran out before the target count."""
         facts = self.facts
         counted = facts[facts["status"] == "counted"]
-        summary = facts.groupby("language").size().rename("n_seen").to_frame()
+        summary = facts.groupby("language").size().rename("n_drawn").to_frame()
+        summary["n_seen"] = facts[facts["status"] != "language_full"].groupby("language").size()
         summary["n_counted"] = counted.groupby("language").size()
         summary["p_clean"] = counted.groupby("language")["p_clean"].mean()
         summary["p_corrupt"] = counted.groupby("language")["p_corrupt"].mean()
-        return summary.fillna({"n_counted": 0}).astype({"n_counted": int}).reset_index()
+        summary = summary.fillna({"n_counted": 0, "n_seen": 0}).astype({"n_counted": int, "n_seen": int})
+        target = self.settings.get("max_facts_per_language")
+        summary["pool_exhausted"] = False if target is None else summary["n_counted"] < target
+        return summary.reset_index()
 
 
 def _fact_row(fact, trace: FactTrace | None, status: str) -> dict:
@@ -132,44 +139,97 @@ def causal_trace(
     noise_multiplier: float = 3.0, n_samples: int = 10, window: int = 10, seed: int = 0, answers: Answers = "given",
     categories: Sequence[str] | None = None, max_facts_per_language: int | None = None, template: str = "{}",
     skip_missing_subject: bool = False, criterion: Criterion = "first_token", max_rows: int = 256,
-    progress: bool = True,
+    screen_batch: int = 16, progress: bool = True,
 ) -> TracingResult:
     """Causal tracing over many facts, averaged per language (LangEdit Appendix A.1, Figure 5).
 
     The noise is `noise_multiplier` x the embedding-output std over these facts' subjects unless
     `noise_std` is given. Only facts the model gets right count (`criterion`, see :func:`trace_fact`);
-    facts are traced until `max_facts_per_language` count per language (the others cost one clean run).
-    Facts come as triples, dicts or edit-request objects (see :func:`as_trace_fact`), wrapped by `template`.
+    facts are drawn in the given order, per language, until `max_facts_per_language` count. A batched
+    first pass (`screen_batch` prompts per forward, :func:`screen_facts`) finds the facts whose answer's
+    first token is the model's top-1; only those are traced (``full_answer`` then also checks the
+    remaining answer tokens). Facts come as triples, dicts or edit-request objects (see
+    :func:`as_trace_fact`), wrapped by `template`. ``counts()`` reports the facts seen and counted.
     """
+    _check_options(answers, criterion)
+    if screen_batch < 1:
+        raise ValueError(f"screen_batch must be >= 1, got {screen_batch}")
     facts = [as_trace_fact(item, template) for item in facts]
     if noise_std is None:
         noise_std = noise_multiplier * embedding_std(model, tokenizer, [fact.subject for fact in facts])
     settings = dict(kinds=tuple(kinds), noise_std=noise_std, n_samples=n_samples, window=window, seed=seed,
-                    answers=answers, categories=categories, template=template, criterion=criterion)
-    rows, traces, counted = [], [], Counter()
-    bar = tqdm(facts, desc="causal tracing", unit="fact", disable=not progress)
-    for fact in bar:
-        if max_facts_per_language is not None and counted[fact.language] >= max_facts_per_language:
-            rows.append(_fact_row(fact, None, "language_full"))
-            continue
-        try:
-            encoded = encode_fact(tokenizer, fact)
-        except SubjectNotFoundError:
-            if not skip_missing_subject:
-                raise
-            rows.append(_fact_row(fact, None, "subject_not_found"))
-            continue
-        trace = trace_fact(model, tokenizer, encoded, noise_std=noise_std, kinds=kinds, n_samples=n_samples,
-                           window=window, seed=seed, answers=answers, categories=categories,
-                           only_if_correct=True, criterion=criterion, max_rows=max_rows)
-        rows.append(_fact_row(fact, trace, "counted" if trace.correct else "wrong_before_corruption"))
-        if trace.correct:
-            traces.append(trace)
-            counted[fact.language] += 1
-            bar.set_postfix(counted=sum(counted.values()))
+                    answers=answers, categories=categories, template=template, criterion=criterion,
+                    max_facts_per_language=max_facts_per_language)
+    encoded = _encode_all(tokenizer, facts, skip_missing_subject)
+    rows: list[dict | None] = [None] * len(facts)
+    traces, counted = [], Counter()
+    bar = tqdm(total=len(facts), desc="causal tracing", unit="fact", disable=not progress)
+    for language, members in _by_language(facts).items():
+        for i in members:
+            if encoded[i] is None:
+                rows[i] = _fact_row(facts[i], None, "subject_not_found")
+                bar.update()
+        members = [i for i in members if encoded[i] is not None]
+        for first in range(0, len(members), screen_batch):
+            batch = members[first:first + screen_batch]
+            if max_facts_per_language is not None and counted[language] >= max_facts_per_language:
+                for i in batch:
+                    rows[i] = _fact_row(facts[i], None, "language_full")
+                bar.update(len(batch))
+                continue
+            answer_ids = [_answer_id(encoded[i], answers) for i in batch]
+            screened = screen_facts(model, [encoded[i] for i in batch], answer_ids, screen_batch)
+            for i, (top_id, p_answer) in zip(batch, screened):
+                bar.update()
+                if max_facts_per_language is not None and counted[language] >= max_facts_per_language:
+                    rows[i] = _fact_row(facts[i], None, "language_full")
+                    continue
+                if answers == "given" and top_id != encoded[i].answer_id:
+                    rows[i] = _screened_row(tokenizer, facts[i], encoded[i], top_id, p_answer)  # never traced
+                    continue
+                trace = trace_fact(model, tokenizer, encoded[i], noise_std=noise_std, kinds=kinds,
+                                   n_samples=n_samples, window=window, seed=seed, answers=answers,
+                                   categories=categories, only_if_correct=True, criterion=criterion,
+                                   max_rows=max_rows)
+                rows[i] = _fact_row(facts[i], trace, "counted" if trace.correct else "wrong_before_corruption")
+                if trace.correct:
+                    traces.append(trace)
+                    counted[language] += 1
+                    bar.set_postfix(counted=sum(counted.values()))
+    bar.close()
     effects = position_effects(traces) if traces else pd.DataFrame(
         columns=["language", "kind", "position_category", "layer", "prob", "indirect_effect", "n_facts",
                  "p_clean", "p_corrupt"])
     return TracingResult(effects, pd.DataFrame(rows), traces, float(noise_std), settings)
+
+
+def _encode_all(tokenizer, facts: Sequence, skip_missing_subject: bool) -> list[EncodedFact | None]:
+    """Token ids of every fact (None where the subject is not in the prompt and skipping is allowed)."""
+    encoded = []
+    for fact in facts:
+        try:
+            encoded.append(encode_fact(tokenizer, fact))
+        except SubjectNotFoundError:
+            if not skip_missing_subject:
+                raise
+            encoded.append(None)
+    return encoded
+
+
+def _by_language(facts: Sequence) -> dict[str, list[int]]:
+    """Indices of the facts of each language, in the given order (languages in order of first appearance)."""
+    groups: dict[str, list[int]] = {}
+    for i, fact in enumerate(facts):
+        groups.setdefault(fact.language, []).append(i)
+    return groups
+
+
+def _screened_row(tokenizer, fact, encoded: EncodedFact, top_id: int, p_answer: float) -> dict:
+    """The row of a fact the first pass found wrong (its answer's first token is not the top-1)."""
+    row = _fact_row(fact, None, "wrong_before_corruption")
+    row.update(answer_token=tokenizer.convert_ids_to_tokens(encoded.answer_id),
+               top_token=tokenizer.convert_ids_to_tokens(top_id), p_clean=p_answer, correct=False,
+               n_tokens=encoded.n_tokens)
+    return row
 
 

@@ -108,6 +108,27 @@ def heatmap_frame(table: pd.DataFrame, language: str, kind: str, value: str = "p
     return subset.pivot_table(index="position_category", columns="layer", values=value, observed=True)
 
 
+def colour_limits(table: pd.DataFrame, kind: str, value: str = "indirect_effect") -> tuple[float, float]:
+    """One colour scale for a kind, shared by every language: ``(vmin, vmax)`` over all its cells.
+
+    For the indirect effect the scale is symmetric about 0 (a diverging colormap: restoring can also
+    lower the answer's probability); for probabilities it is ``[0, max]``.
+    """
+    values = table.loc[table["kind"] == kind, value].dropna()
+    if values.empty:
+        raise ValueError(f"no {value!r} values for kind={kind!r} in the table")
+    if value == "indirect_effect":
+        bound = float(values.abs().max())
+        return -bound, bound
+    return 0.0, float(values.max())
+
+
+def facts_per_panel(table: pd.DataFrame, language: str, kind: str) -> int:
+    """Facts averaged in one heatmap (the most any of its cells has: every counted fact has a last token)."""
+    subset = table[(table["language"] == language) & (table["kind"] == kind)]
+    return int(subset["n_facts"].max()) if not subset.empty else 0
+
+
 def mlp_effect_by_layer(table: pd.DataFrame, position_category: str = "last_subject",
                         kind: str = "mlp") -> pd.DataFrame:
     """Per-layer MLP indirect effect at the last subject token, per language plus ``"all"``.
