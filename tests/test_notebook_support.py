@@ -122,8 +122,8 @@ def test_paired_tests_bootstrap_over_facts_with_fewer_than_three_seeds(tmp_path)
     b = [100 * v for lang in ("en", "de") for v in values[lang]]
     expected = paired_bootstrap(a, b, 2000, clusters=[10, 11, 12, 13] * 2)
     assert efficacy["mean_difference"] == pytest.approx(np.mean(np.subtract(a, b)))
-    assert (efficacy["low"], efficacy["high"], efficacy["p_value"]) == pytest.approx(
-        (expected.low, expected.high, expected.p_value))
+    assert (efficacy["low"], efficacy["high"]) == pytest.approx((expected.low, expected.high))
+    assert np.isnan(efficacy["p_value"]) and "no p-value below 3 seeds" in efficacy["note"]     # one run
     assert tests.loc["generality", "n"] == 6                  # facts without a paraphrase are not paired
     assert tests.loc["specificity", "n"] == 0 and np.isnan(tests.loc["specificity", "p_value"])
     assert "no per-fact scores" in tests.loc["specificity", "note"]

@@ -393,7 +393,11 @@ def paired_tests(runs: dict[tuple[int, str], RunResult], candidate: str, baselin
             continue
         result = paired_bootstrap(pairs["a"].to_numpy(), pairs["b"].to_numpy(), n_resamples, seed=seed,
                                   clusters=pairs["case_id"].tolist())
-        rows.append({"metric": metric, "candidate": candidate, "baseline": baseline, **result.as_row()})
+        row = {"metric": metric, "candidate": candidate, "baseline": baseline, **result.as_row()}
+        # the facts of fewer than 3 seeds are not independent runs: the interval is reported, no p-value
+        row["p_value"] = float("nan")
+        row["note"] = f"{row.get('note') or ''}; interval only: no p-value below {MIN_SEED_PAIRS} seeds".lstrip("; ")
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
