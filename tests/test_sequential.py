@@ -48,18 +48,65 @@ def test_multilingual_run_evaluates_every_edited_language_and_resumes(setup, tmp
         assert (lm.model.model.layers[layer].mlp.down_proj.weight == weight).all()
 
 
-def test_a_run_without_its_checkpoint_is_edited_again_without_duplicate_records(setup, tmp_path):
+def test_a_finished_run_without_its_checkpoint_is_read_back_without_editing(setup, tmp_path):
     import shutil
-    lm, factory, _ = setup
+    lm, factory, calls = setup
     make = lambda: SequentialRun(lm, "memit", REQUESTS, ["en", "de"], batch_size=1, out_dir=tmp_path, progress=False,
                                  editor_factory=factory)
     first = make().run()
+    records = (tmp_path / "batches.jsonl").read_text()
     shutil.rmtree(tmp_path / "checkpoint")          # what a fresh clone of committed results looks like
+    before = len(calls)
     run = make()
+    assert run.is_recorded()
     again = run.run()
+    assert len(calls) == before and not (tmp_path / "checkpoint").exists()      # no editor was even built
+    assert again.equals(first) and (tmp_path / "batches.jsonl").read_text() == records
+
+
+def test_an_unfinished_run_without_its_checkpoint_is_edited_again_without_duplicate_records(setup, tmp_path):
+    import shutil
+    lm, factory, calls = setup
+    make = lambda: SequentialRun(lm, "memit", REQUESTS, ["en", "de"], batch_size=1, out_dir=tmp_path, progress=False,
+                                 editor_factory=factory)
+    first = make().run()
+    shutil.rmtree(tmp_path / "checkpoint")
+    evals = (tmp_path / "evals.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "evals.jsonl").write_text("".join(evals[:-1]))      # the last evaluation was never written
+    run = make()
+    assert not run.is_recorded()
+    before = len(calls)
+    again = run.run()
+    assert len(calls) == before + 1
     assert len(run.batches()) == 4 and list(run.batches()["batch"]) == [0, 1, 2, 3]
     assert (tmp_path / "checkpoint" / "state.json").exists()
-    assert again.equals(first)
+    assert again.equals(first)          # editing is deterministic: the missing evaluation is the one lost
+
+
+@pytest.mark.parametrize("mode", ["multilingual", "monolingual", "summed", "translation"])
+def test_the_expected_records_are_exactly_what_a_finished_run_writes(setup, tmp_path, mode):
+    lm, factory, _ = setup
+    run = SequentialRun(lm, "memit", REQUESTS, ["en", "de"], batch_size=1, out_dir=tmp_path, progress=False,
+                        editor_factory=factory, mode=mode)
+    assert not run.is_recorded()
+    table = run.run()
+    batches, evals, _ = run.expected_records()
+    assert list(zip(table["after"], table["language"])) == evals
+    written = run.batches().groupby("checkpoint")["batch"].apply(sorted).to_dict()
+    assert written == {name: list(range(n)) for name, n in batches.items()}
+    assert run.is_recorded()
+
+
+def test_a_finished_run_with_a_new_probe_is_edited_again_to_score_it(setup, tmp_path):
+    lm, factory, calls = setup
+    SequentialRun(lm, "memit", REQUESTS, ["en", "de"], batch_size=1, out_dir=tmp_path, progress=False,
+                  editor_factory=factory).run()
+    probe = _NormProbe(lm)
+    run = SequentialRun(lm, "memit", REQUESTS, ["en", "de"], batch_size=1, out_dir=tmp_path, progress=False,
+                        editor_factory=factory, probe=probe)
+    assert not run.is_recorded()
+    run.run()
+    assert probe.calls == 3 and list(run.probes()["after"]) == ["pre-edit", "en", "de"] and run.is_recorded()
 
 
 def test_a_folder_of_another_configuration_is_refused(setup, tmp_path):

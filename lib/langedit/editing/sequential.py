@@ -310,6 +310,9 @@ class SequentialRun:
     # ----- the loop ------------------------------------------------------------------------
     def run(self) -> pd.DataFrame:
         self._claim_folder()
+        if self.is_recorded():
+            # every batch, evaluation and probe step is on disk: editing again would only reproduce them
+            return self.table()
         reference = self._reference_locality()
         done_evals = {(r["after"], r["language"]) for r in _read_jsonl(self.evals_path)}
         self._evaluate("pre-edit", self.evaluated_languages, reference, done_evals)
@@ -321,16 +324,71 @@ class SequentialRun:
             self._run_summed(reference, done_evals)
         return self.table()
 
-    def _resume(self, editor: Editor, checkpoint: Path) -> int:
+    def expected_records(self) -> tuple[dict[str, int], list[tuple[str, str]], list[str]]:
+        """What a finished run has recorded: batch records per checkpoint, (after, language) evaluations
+        and the steps the probe scores, in the order the loop writes them."""
+        plan, mode = self.edit_plan(), self.config.mode
+        steps = list(dict.fromkeys(language for language, _ in plan))
+        evals = [("pre-edit", language) for language in self.order]
+        if mode == "multilingual":
+            batches = {"checkpoint": len(plan)}
+            evals += [(step, language) for i, step in enumerate(steps) for language in self.order[:i + 1]]
+        elif mode == "translation":
+            batches = {"checkpoint": len(plan)}
+            evals += [(steps[-1], language) for language in self.order] + [("all", language) for language in self.order]
+        else:
+            batches = {f"checkpoint-{step}": sum(1 for language, _ in plan if language == step) for step in steps}
+            if mode == "monolingual":
+                evals += [(step, language) for step in steps for language in self.order]
+            else:
+                evals += [("all (summed)", language) for language in self.order]
+        probe_steps = list(dict.fromkeys(after for after, _ in evals))
+        return batches, evals, probe_steps
+
+    def is_recorded(self) -> bool:
+        """True when the folder holds every record a finished run of this configuration writes (batches,
+        evaluations with their per-fact scores, and this run's probe after every step). A fresh clone has
+        the committed records but no checkpoints; such a run is read back, not edited again."""
+        batches, evals, probe_steps = self.expected_records()
+        done_batches = {}
+        for record in _read_jsonl(self.batches_path):
+            done_batches.setdefault(record.get("checkpoint"), set()).add(record.get("batch"))
+        if any(done_batches.get(name, set()) != set(range(n)) for name, n in batches.items()):
+            return False
+        done_evals = {(r["after"], r["language"]) for r in _read_jsonl(self.evals_path)}
+        done_facts = {(r["after"], r["language"]) for r in _read_jsonl(self.per_fact_path)}
+        if not set(evals) <= done_evals or not set(evals) <= done_facts:
+            return False
+        if self.probe is not None:
+            probed = {r["after"] for r in _read_jsonl(self.probe_path) if r["probe"] == self.probe.signature}
+            if not set(probe_steps) <= probed:
+                return False
+        return True
+
+    def _unprobed_steps(self, done_plan) -> list[str]:
+        """Steps finished in `done_plan` whose probe score is missing (a probe added to a finished run)."""
+        if self.probe is None:
+            return []
+        _, _, probe_steps = self.expected_records()
+        probed = {r["after"] for r in _read_jsonl(self.probe_path) if r["probe"] == self.probe.signature}
+        done_steps = [step for i, (step, _) in enumerate(done_plan)
+                      if i == len(done_plan) - 1 or done_plan[i + 1][0] != step]
+        return [step for step in done_steps if step in probe_steps and step not in probed]
+
+    def _resume(self, editor: Editor, checkpoint: Path, plan) -> int:
         """Load the last saved editor state; drop batch records written after it. Returns batches done.
 
-        Without a saved state (a fresh clone has the committed logs but not the checkpoints) the
-        batches are edited again from the start and their old records dropped; the recorded
-        evaluations stay (editing is deterministic, the same weights come back)."""
+        Without a saved state (a fresh clone has the committed logs but not the checkpoints), or when a
+        step before the saved state lacks the probe's score, the batches are edited again from the
+        start and their old records dropped; the recorded evaluations stay (editing is deterministic,
+        the same weights come back)."""
         finished = 0
-        if (checkpoint / "state.json").exists():
-            editor.load(checkpoint)
-            finished = editor.n_batches
+        state = checkpoint / "state.json"
+        if state.exists():
+            saved = json.loads(state.read_text())["n_batches"]
+            if not self._unprobed_steps(plan[:saved]):
+                editor.load(checkpoint)
+                finished = editor.n_batches
         if self.batches_path.exists():
             records = _read_jsonl(self.batches_path)
             own = [r for r in records if r.get("checkpoint") == checkpoint.name]
@@ -340,7 +398,7 @@ class SequentialRun:
 
     def _edit_batches(self, editor: Editor, plan, checkpoint: Path, reference, done_evals,
                       evaluate_after: Callable[[str], Sequence[str]] | None) -> None:
-        finished = self._resume(editor, checkpoint)
+        finished = self._resume(editor, checkpoint, plan)
         last_of_language = lambda index: index == len(plan) - 1 or plan[index + 1][0] != plan[index][0]
         if finished and last_of_language(finished - 1) and evaluate_after is not None:
             # interrupted while evaluating the state just loaded: the missing evaluations are of it
