@@ -83,7 +83,7 @@ def test_an_unfinished_run_without_its_checkpoint_is_edited_again_without_duplic
     assert again.equals(first)          # editing is deterministic: the missing evaluation is the one lost
 
 
-@pytest.mark.parametrize("mode", ["multilingual", "monolingual", "summed", "translation"])
+@pytest.mark.parametrize("mode", ["multilingual", "monolingual", "summed"])      # translation: with PARALLEL below
 def test_the_expected_records_are_exactly_what_a_finished_run_writes(setup, tmp_path, mode):
     lm, factory, _ = setup
     run = SequentialRun(lm, "memit", REQUESTS, ["en", "de"], batch_size=1, out_dir=tmp_path, progress=False,
@@ -474,3 +474,17 @@ def test_the_probe_scores_the_summed_model_and_the_translated_model(setup, tmp_p
     assert list(probes.index) == ["pre-edit", "all"]
     edited = _checkpoint_tensors(tmp_path / "translation")["weight.2"]
     assert probes["all"] == pytest.approx(float(edited.norm())) and probes["all"] != pytest.approx(float(original.norm()))
+
+
+@pytest.mark.parametrize("mode", ["multilingual", "monolingual", "summed", "translation"])
+def test_the_expected_records_with_a_queried_language_are_what_the_run_writes(setup, tmp_path, mode):
+    lm, factory, _ = setup
+    run = SequentialRun(lm, "memit", PARALLEL, ["en", "de"], batch_size=1, out_dir=tmp_path, mode=mode,
+                        progress=False, editor_factory=factory, query_languages=["nl"])
+    table = run.run()
+    batches, evals, _ = run.expected_records()
+    assert list(zip(table["after"], table["language"])) == evals
+    assert run.batches().groupby("checkpoint")["batch"].apply(sorted).to_dict() == {
+        name: list(range(n)) for name, n in batches.items()}
+    assert run.is_recorded()
+

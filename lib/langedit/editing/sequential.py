@@ -327,21 +327,21 @@ class SequentialRun:
     def expected_records(self) -> tuple[dict[str, int], list[tuple[str, str]], list[str]]:
         """What a finished run has recorded: batch records per checkpoint, (after, language) evaluations
         and the steps the probe scores, in the order the loop writes them."""
-        plan, mode = self.edit_plan(), self.config.mode
+        plan, mode, queried = self.edit_plan(), self.config.mode, self.query_languages
         steps = list(dict.fromkeys(language for language, _ in plan))
-        evals = [("pre-edit", language) for language in self.order]
+        evals = [("pre-edit", language) for language in self.evaluated_languages]
         if mode == "multilingual":
             batches = {"checkpoint": len(plan)}
-            evals += [(step, language) for i, step in enumerate(steps) for language in self.order[:i + 1]]
+            evals += [(step, language) for i, step in enumerate(steps) for language in self.order[:i + 1] + queried]
         elif mode == "translation":
             batches = {"checkpoint": len(plan)}
-            evals += [(steps[-1], language) for language in self.order] + [("all", language) for language in self.order]
+            evals += [("all", language) for language in self.evaluated_languages]
         else:
             batches = {f"checkpoint-{step}": sum(1 for language, _ in plan if language == step) for step in steps}
             if mode == "monolingual":
-                evals += [(step, language) for step in steps for language in self.order]
+                evals += [(step, language) for step in steps for language in self.evaluated_languages]
             else:
-                evals += [("all (summed)", language) for language in self.order]
+                evals += [("all (summed)", language) for language in self.evaluated_languages]
         probe_steps = list(dict.fromkeys(after for after, _ in evals))
         return batches, evals, probe_steps
 
