@@ -83,7 +83,7 @@ def test_an_unfinished_run_without_its_checkpoint_is_edited_again_without_duplic
     assert again.equals(first)          # editing is deterministic: the missing evaluation is the one lost
 
 
-@pytest.mark.parametrize("mode", ["multilingual", "monolingual", "summed", "translation"])
+@pytest.mark.parametrize("mode", ["multilingual", "monolingual", "summed"])      # translation: with PARALLEL below
 def test_the_expected_records_are_exactly_what_a_finished_run_writes(setup, tmp_path, mode):
     lm, factory, _ = setup
     run = SequentialRun(lm, "memit", REQUESTS, ["en", "de"], batch_size=1, out_dir=tmp_path, progress=False,
@@ -339,3 +339,152 @@ def test_a_probe_scores_the_model_after_every_step_once_also_on_resume(setup, tm
                           editor_factory=factory, probe=probe)
     again.run()
     assert probe.calls == 3 and len(again.probes()) == 3
+
+
+# ----- queried (never edited) languages; the translation plan; the probe on summed / translated models -----
+
+EN = [Req("Where is {}?", "Rome", "Italy", "en"), Req("Who founded {}?", "Acme", "Bob", "en", 1)]
+#: the same two facts in three languages (the parallel design): de and nl carry their English twins
+PARALLEL = {"en": EN,
+            "de": [Req("Wo liegt {}?", "Rom", "Italien", "de", 0, english_twin=EN[0]),
+                   Req("Wer gründete {}?", "Acme", "Bob", "de", 1, english_twin=EN[1])],
+            "nl": [Req("Waar ligt {}?", "Rome", "Italië", "nl", 0, english_twin=EN[0]),
+                   Req("Wie stichtte {}?", "Acme", "Bob", "nl", 1, english_twin=EN[1])]}
+
+
+def _checkpoint_tensors(folder, name="checkpoint"):
+    import json
+    from safetensors.torch import load_file
+    meta = json.loads((folder / name / "state.json").read_text())
+    return load_file(str(folder / name / meta["tensors"]))
+
+
+def test_a_queried_language_is_evaluated_at_every_step_and_never_edited(setup, tmp_path):
+    lm, factory, _ = setup
+    make = lambda folder, **kw: SequentialRun(lm, "memit", PARALLEL, ["en", "de"], batch_size=1, out_dir=folder,
+                                              progress=False, editor_factory=factory, **kw)
+    plain, queried = make(tmp_path / "plain"), make(tmp_path / "queried", query_languages=["nl"])
+    plain_table, table = plain.run(), queried.run()
+    assert list(zip(table["after"], table["language"])) == [
+        ("pre-edit", "en"), ("pre-edit", "de"), ("pre-edit", "nl"), ("en", "en"), ("en", "nl"),
+        ("de", "en"), ("de", "de"), ("de", "nl")]
+    # nothing of nl was edited: the same batches, the same final weights as the run without it
+    assert "nl" not in set(queried.batches()["language"])
+    assert len(queried.batches()) == len(plain.batches()) == 4
+    mine, theirs = _checkpoint_tensors(tmp_path / "queried"), _checkpoint_tensors(tmp_path / "plain")
+    assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    # the edited languages' scores are those of the run without it; nl's come from its own requests
+    edited = table[table["language"] != "nl"].drop(columns=["method", "mode"]).reset_index(drop=True)
+    assert edited.equals(plain_table.drop(columns=["method", "mode"]).reset_index(drop=True))
+    assert set(table.loc[table["language"] == "nl", "n"]) == {2}
+    assert queried.config.key() != plain.config.key()
+
+
+def test_queried_languages_in_the_monolingual_summed_and_translation_modes(setup, tmp_path):
+    lm, factory, _ = setup
+    steps = {}
+    for mode in ("monolingual", "summed", "translation"):
+        table = SequentialRun(lm, "memit", PARALLEL, ["en", "de"], batch_size=2, out_dir=tmp_path / mode, mode=mode,
+                              progress=False, editor_factory=factory, query_languages=["nl"]).run()
+        steps[mode] = {after for after, language in zip(table["after"], table["language"]) if language == "nl"}
+    assert steps["monolingual"] == {"pre-edit", "en", "de"}       # each language's own model is queried in nl
+    assert steps["summed"] == {"pre-edit", "all (summed)"}
+    assert steps["translation"] == {"pre-edit", "all"}
+
+
+def test_bad_query_languages_are_refused_by_name():
+    with pytest.raises(ValueError, match=r"query language\(s\) \['de'\] are also edited"):
+        SequentialRun(None, "memit", PARALLEL, ["en", "de"], 1, "/tmp/x", query_languages=["de"])
+    with pytest.raises(ValueError, match=r"no requests to query for query language\(s\) \['fr'\]"):
+        SequentialRun(None, "memit", PARALLEL, ["en"], 1, "/tmp/x", query_languages=["nl", "fr"])
+    with pytest.raises(ValueError, match=r"no requests to query for query language\(s\) \['nl'\]"):
+        SequentialRun(None, "memit", {**PARALLEL, "nl": []}, ["en"], 1, "/tmp/x", query_languages=["nl"])
+    with pytest.raises(ValueError, match=r"query language\(s\) \['nl'\] given more than once"):
+        SequentialRun(None, "memit", PARALLEL, ["en"], 1, "/tmp/x", query_languages=["nl", "nl"])
+    with pytest.raises(TypeError, match="the string 'nl'"):
+        SequentialRun(None, "memit", PARALLEL, ["en"], 1, "/tmp/x", query_languages="nl")
+
+
+#: A run committed before query_languages and translation_plan existed (results/runs/
+#: seq-gemma-3-270m-alphaedit-translation-24612cba78/config.json), with the key it was stored under.
+COMMITTED_CONFIG = {
+    "method": "alphaedit", "order": ["en", "de", "nl", "es", "fr", "zh"], "n_per_language": 3, "batch_size": 3,
+    "mode": "translation", "shuffle_seed": None, "portability": False, "overrides": {}, "model": "gemma-3-270m",
+    "hparams": {"layers": [3, 4, 5, 6, 7, 8], "v_steps": 25, "v_lr": 10.0, "clamp_norm_factor": 0.75,
+                "kl_factor": 0.0625, "v_weight_decay": 0.5, "early_stop_loss": 0.05, "v_chunk_requests": 16,
+                "stats_corpus": "wikitext", "stats_tokens": 20000, "mom2_update_weight": 150.0,
+                "nullspace_threshold": 0.02, "l2": 1.0, "paper_ridge": 1.0, "langedit_variant": "released",
+                "residual_damping": 0.001, "rome_layer": 6, "ft_layer": 6, "ft_lr": 0.0005, "ft_steps": 25,
+                "ft_norm_constraint": 0.0005, "prune_log_base": 2.718281828459045, "rect_keep_fraction": 0.2}}
+
+
+def test_earlier_runs_keep_their_keys_and_the_new_translation_plan_gets_its_own():
+    from langedit.editing.sequential import TRANSLATION_PLAN, RunConfig
+    assert RunConfig(**COMMITTED_CONFIG).key() == "b8b26a2324f7"
+    assert RunConfig(**COMMITTED_CONFIG, translation_plan=TRANSLATION_PLAN).key() != "b8b26a2324f7"
+    assert RunConfig(**COMMITTED_CONFIG, query_languages=("cs",)).key() != "b8b26a2324f7"
+
+
+def test_the_translation_plan_edits_each_fact_once_in_english(setup, tmp_path):
+    lm, factory, _ = setup
+    plan = lambda requests, order, batch: SequentialRun(lm, "memit", requests, order, batch, tmp_path / "unused",
+                                                        mode="translation", progress=False).edit_plan()
+    parallel = plan(PARALLEL, ["de", "nl", "en"], 1)               # the same 2 facts in 3 languages: 2 edits
+    edited = [r for _, batch in parallel for r in batch]
+    assert [r.case_id for r in edited] == [0, 1] and {r.language for r in edited} == {"en"}
+    assert [language for language, _ in parallel] == ["en", "en"]
+    extra = Req("Who wrote {}?", "Hamlet", "Marlowe", "en", 2)
+    disjoint = {"en": [EN[0]], "de": [Req("Wo liegt {}?", "Rom", "Italien", "de", 1, english_twin=EN[1])],
+                "nl": [Req("Wie schreef {}?", "Hamlet", "Marlowe", "nl", 2, english_twin=extra)]}
+    union = [r for _, batch in plan(disjoint, ["en", "de", "nl"], 2) for r in batch]
+    assert [(r.case_id, r.language) for r in union] == [(0, "en"), (1, "en"), (2, "en")]
+    assert [len(batch) for _, batch in plan(disjoint, ["en", "de", "nl"], 2)] == [2, 1]
+    with pytest.raises(ValueError, match="request 0 of 'de' has no English twin"):
+        plan({"de": [Req("Wo liegt {}?", "Rom", "Italien", "de")]}, ["de"], 1)
+    # the run edits the plan (2 batches for 3 languages' 6 requests) and scores every language after it
+    run = SequentialRun(lm, "memit", PARALLEL, ["en", "de", "nl"], 1, tmp_path / "run", mode="translation",
+                        progress=False, editor_factory=factory)
+    table = run.run()
+    assert len(run.batches()) == 2 and set(run.batches()["language"]) == {"en"}
+    assert sorted(table.loc[table["after"] == "all", "language"]) == ["de", "en", "nl"]
+    assert set(table["after"]) == {"pre-edit", "all"}
+
+
+def test_the_probe_scores_the_summed_model_and_the_translated_model(setup, tmp_path):
+    lm, factory, _ = setup
+    separate = []
+    for language in ("en", "de"):
+        editor = factory()
+        editor.apply(PARALLEL[language])
+        separate.append(editor.weight(2).detach() - editor.original[2])
+        editor.restore()
+    original = lm.model.model.layers[2].mlp.down_proj.weight.detach().clone()
+    run = SequentialRun(lm, "memit", PARALLEL, ["en", "de"], batch_size=2, out_dir=tmp_path / "summed", mode="summed",
+                        progress=False, editor_factory=factory, probe=_NormProbe(lm))
+    run.run()
+    probes = run.probes().set_index("after")["norm"]
+    assert list(probes.index) == ["pre-edit", "all (summed)"]
+    assert probes["pre-edit"] == pytest.approx(float(original.norm()))
+    assert probes["all (summed)"] == pytest.approx(float((original + separate[0] + separate[1]).norm()), rel=1e-5)
+    assert probes["all (summed)"] != pytest.approx(float(original.norm()), rel=1e-6)
+    run = SequentialRun(lm, "memit", PARALLEL, ["en", "de"], batch_size=2, out_dir=tmp_path / "translation",
+                        mode="translation", progress=False, editor_factory=factory, probe=_NormProbe(lm))
+    run.run()
+    probes = run.probes().set_index("after")["norm"]
+    assert list(probes.index) == ["pre-edit", "all"]
+    edited = _checkpoint_tensors(tmp_path / "translation")["weight.2"]
+    assert probes["all"] == pytest.approx(float(edited.norm())) and probes["all"] != pytest.approx(float(original.norm()))
+
+
+@pytest.mark.parametrize("mode", ["multilingual", "monolingual", "summed", "translation"])
+def test_the_expected_records_with_a_queried_language_are_what_the_run_writes(setup, tmp_path, mode):
+    lm, factory, _ = setup
+    run = SequentialRun(lm, "memit", PARALLEL, ["en", "de"], batch_size=1, out_dir=tmp_path, mode=mode,
+                        progress=False, editor_factory=factory, query_languages=["nl"])
+    table = run.run()
+    batches, evals, _ = run.expected_records()
+    assert list(zip(table["after"], table["language"])) == evals
+    assert run.batches().groupby("checkpoint")["batch"].apply(sorted).to_dict() == {
+        name: list(range(n)) for name, n in batches.items()}
+    assert run.is_recorded()
+

@@ -56,7 +56,11 @@ PROFILES: dict[str, dict] = {
                                   edit_languages=("en", "de"), edits_per_language=1, edit_batch=1, edit_design="disjoint",
                                   edit_methods=("alphaedit", "langedit"), probe_languages=("en",), probe_texts=2),
                   twelve=dict(languages=("en", "de", "th"), n_per_language=1, batch_size=1, seeds=(0,),
-                              fact_design="disjoint", methods=("memit", "langedit"))),
+                              fact_design="disjoint", methods=("memit", "langedit")),
+                  transfer=dict(edit_groups=(("de",), ("en",)), n_per_language=2, batch_size=2,
+                                methods=("alphaedit", "langedit")),
+                  # notebook 08: one shuffled order keeps the smoke run at five sequential runs
+                  variants=dict(n_shuffles=1)),
     # 3 edits per language (18 in all), XTREME restricted to the two log-likelihood tasks with 10
     # items per language, 2 facts per language for causal tracing: the scales that keep the whole
     # suite well under an hour on 2 CPU cores (measured: README "Notebooks and results").
@@ -80,7 +84,13 @@ PROFILES: dict[str, dict] = {
                     # 5 facts took 33 min (measured: 10-11 min per method, 7 s of value targets per edit at
                     # batches of 5), over the 25-min budget
                     twelve=dict(languages=TWELVE_LANGUAGES, n_per_language=3, batch_size=3, seeds=(0,),
-                                fact_design="disjoint", methods=("memit", "alphaedit", "langedit"))),
+                                fact_design="disjoint", methods=("memit", "alphaedit", "langedit")),
+                    # notebook 07, the paper's Tables 6-7: edit one group, query the other (never edited);
+                    # estimated 2 x ~70 s per method on Gemma (5 s per edit, 2 s per language evaluation)
+                    transfer=dict(edit_groups=(("es", "fr"), ("en", "de", "nl")), n_per_language=3, batch_size=3,
+                                  methods=("alphaedit", "langedit")),
+                    # notebook 08: LangEdit in this many shuffled orders (the paper: three)
+                    variants=dict(n_shuffles=3)),
     "paper": dict(languages=LANGUAGES, n_per_language=400, batch_size=100, seeds=(0, 1, 2), fact_design="parallel",
                   methods=("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"),
                   focus_methods=("alphaedit", "langedit"), radar_methods=("rect", "alphaedit", "langedit"),
@@ -97,7 +107,10 @@ PROFILES: dict[str, dict] = {
                   # disjoint facts cap the scale: 549 of MzsRE's 643 records have a located subject in all
                   # twelve languages, at most 45 different facts per language (100 needs fact_design="parallel")
                   twelve=dict(languages=TWELVE_LANGUAGES, n_per_language=45, batch_size=45, seeds=(0, 1, 2),
-                              fact_design="disjoint", methods=("memit", "alphaedit", "langedit"))),
+                              fact_design="disjoint", methods=("memit", "alphaedit", "langedit")),
+                  transfer=dict(edit_groups=(("es", "fr"), ("en", "de", "nl")), n_per_language=400, batch_size=100,
+                                methods=("memit", "alphaedit", "langedit")),
+                  variants=dict(n_shuffles=3)),
 }
 
 
@@ -165,19 +178,26 @@ def request_identity(requests) -> dict:
 
 def sequential_run(lm, method: str, requests, order: Sequence[str], batch_size: int, mode: str = "multilingual",
                    shuffle_seed: int | None = None, progress: bool = True, portability: bool = False,
-                   probe=None, **overrides) -> RunResult:
+                   probe=None, query_languages: Sequence[str] = (), **overrides) -> RunResult:
     """Run (or resume, or reload) a sequential editing run, kept under results/runs/ by its parameters.
     `probe` (ability.AbilityProbe) scores general ability after every step (RunResult.probes); it is
-    an observation, not part of the run's key (its records carry the probe's signature)."""
-    from .editing.sequential import SequentialRun, resolved_hparams
+    an observation, not part of the run's key (its records carry the probe's signature).
+    `query_languages`: languages evaluated beside the edited ones but never edited (SequentialRun)."""
+    from .editing.sequential import TRANSLATION_PLAN, SequentialRun, resolved_hparams
 
     params = dict(order=list(order), n=max(len(v) for v in requests.values()), batch_size=batch_size,
                   shuffle_seed=shuffle_seed, portability=portability,
                   **request_identity(requests), overrides=overrides,
                   hparams=resolved_hparams(lm, method, **overrides))
+    # added only when they apply, so the folders of earlier runs keep their names
+    if query_languages:
+        params["query_languages"] = list(query_languages)
+    if mode == "translation":
+        params["translation_plan"] = TRANSLATION_PLAN
     folder = run_folder("seq", method, mode, lm.name, params)
     run = SequentialRun(lm, method, requests, order, batch_size, folder, mode=mode, shuffle_seed=shuffle_seed,
-                        progress=progress, portability=portability, probe=probe, **overrides)
+                        progress=progress, portability=portability, probe=probe, query_languages=query_languages,
+                        **overrides)
     evals = run.run()
     return RunResult(evals, run.batches(), folder, method, mode, dict(overrides), run.probes())
 

@@ -10,7 +10,16 @@ Modes (the paper's comparisons):
                      evaluated on every language (the cross-lingual transfer matrix).
 * ``summed``       – each language's update computed separately from the original model, then all
                      updates added ("multilingual summed").
-* ``translation``  – only the English twins of all requests are edited; every language is evaluated.
+* ``translation``  – the paper's "edits only the English knowledge ... then translates the edited
+                     knowledge to other languages": the English twins of every language's facts,
+                     one per ``case_id`` (parallel facts: the n facts once, not once per language;
+                     disjoint facts: their union), are edited in English in batches (the plan's step
+                     is ``en``); then every language is evaluated on its own requests (``after="all"``).
+
+``query_languages`` (cross-lingual transfer, the paper's Tables 6-7): languages whose requests are
+given but never edited; they are evaluated wherever the edited languages are (pre-edit, after every
+language step, and in the final evaluation of the translation and summed modes), so the gain on
+facts never edited in that language shows step by step.
 
 After each language step every language edited so far is evaluated (Efficacy, Generality,
 Specificity, locality agreement with the unedited model; Portability if asked), so interference
@@ -64,9 +73,23 @@ class RunConfig:
     overrides: dict = field(default_factory=dict)
     model: str = ""
     hparams: dict = field(default_factory=dict)   # the resolved hyperparameters (files + overrides)
+    query_languages: tuple[str, ...] = ()          # evaluated, never edited (cross-lingual transfer)
+    translation_plan: str = ""                     # TRANSLATION_PLAN in mode "translation"
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:12]
+        described = asdict(self)
+        # fields added after runs were committed count only when set, so those runs keep their keys
+        for name, default in _LATER_FIELDS.items():
+            if described[name] == default:
+                del described[name]
+        return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+#: RunConfig fields added later, with the value that leaves a run's key as it was before them.
+_LATER_FIELDS = {"query_languages": (), "translation_plan": ""}
+#: What mode "translation" edits; in the run's key, so runs of the former rule (every language's
+#: English twins, re-editing parallel facts once per language) are never reused for it.
+TRANSLATION_PLAN = "english twins of all languages' facts, one per case_id"
 
 
 def resolved_hparams(lm: LoadedModel, method: str, hparams: Hparams | None = None, **overrides) -> dict:
@@ -127,6 +150,42 @@ def read_per_fact(folder: str | os.PathLike) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["after", "language", "case_id"])
 
 
+def check_query_languages(order: Sequence[str], query_languages: Sequence[str],
+                          requests: Mapping[str, Sequence]) -> tuple[str, ...]:
+    """The languages queried but never edited, checked: none edited, none twice, each with requests."""
+    if isinstance(query_languages, str):
+        raise TypeError(f"query_languages must be a sequence of language codes, got the string {query_languages!r}")
+    query_languages = tuple(query_languages)
+    edited = sorted(set(query_languages) & set(order))
+    if edited:
+        raise ValueError(f"query language(s) {edited} are also edited (in order {list(order)}); a queried "
+                         f"language is one that is never edited")
+    repeated = sorted({lang for lang in query_languages if query_languages.count(lang) > 1})
+    if repeated:
+        raise ValueError(f"query language(s) {repeated} given more than once")
+    without = [lang for lang in query_languages if lang not in requests or not requests[lang]]
+    if without:
+        raise ValueError(f"no requests to query for query language(s) {without}")
+    return query_languages
+
+
+def translation_plan(requests: Mapping[str, Sequence], order: Sequence[str]) -> list:
+    """The English twins of every language's requests in `order`, each fact (case_id) once, in the
+    order first met; English requests are their own twins. A non-English request without an English
+    twin is an error (there is nothing to edit in English for it)."""
+    twins, seen = [], set()
+    for language in order:
+        for request in requests[language]:
+            twin = request if request.language == "en" else request.english_twin
+            if twin is None:
+                raise ValueError(f"translation mode: request {getattr(request, 'case_id', '?')} of {language!r} "
+                                 f"has no English twin to edit")
+            if twin.case_id not in seen:
+                seen.add(twin.case_id)
+                twins.append(twin)
+    return twins
+
+
 def language_order(order: Sequence[str], shuffle_seed: int | None) -> list[str]:
     order = list(order)
     if shuffle_seed is not None:
@@ -139,7 +198,7 @@ class SequentialRun:
                  batch_size: int, out_dir: str | os.PathLike, mode: str = "multilingual",
                  shuffle_seed: int | None = None, progress: bool = True, portability: bool = False,
                  editor_factory: Callable[..., Editor] | None = None, hparams: Hparams | None = None,
-                 probe=None, **overrides) -> None:
+                 probe=None, query_languages: Sequence[str] = (), **overrides) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
         if batch_size <= 0:
@@ -147,12 +206,16 @@ class SequentialRun:
         missing = [lang for lang in order if lang not in requests or not requests[lang]]
         if missing:
             raise ValueError(f"no edit requests for language(s) {missing}")
+        query_languages = check_query_languages(order, query_languages, requests)
         sizes = {len(requests[lang]) for lang in order}
         self.lm, self.requests, self.progress, self.probe = lm, requests, progress, probe
         self.order = language_order(order, shuffle_seed)
+        self.query_languages = list(query_languages)
         # with an editor_factory, the key holds `hparams` (or the defaults) + overrides: pass the ones it uses
         self.config = RunConfig(method, tuple(self.order), max(sizes), batch_size, mode, shuffle_seed,
-                                portability, dict(overrides), lm.name, resolved_hparams(lm, method, hparams, **overrides))
+                                portability, dict(overrides), lm.name, resolved_hparams(lm, method, hparams, **overrides),
+                                query_languages=tuple(query_languages),
+                                translation_plan=TRANSLATION_PLAN if mode == "translation" else "")
         self.out_dir = Path(out_dir)
         self._factory = editor_factory or (lambda: Editor(lm, method=method, hparams=hparams, progress=progress,
                                                           **overrides))
@@ -187,13 +250,19 @@ class SequentialRun:
         return self.out_dir / PROBE_FILE
 
     # ----- plan ----------------------------------------------------------------------------
+    @property
+    def evaluated_languages(self) -> list[str]:
+        """Every language this run evaluates: the edited ones in editing order, then the queried ones."""
+        return self.order + self.query_languages
+
     def edit_plan(self) -> list[tuple[str, list]]:
-        """[(language step, batch of requests)] in editing order."""
+        """[(language step, batch of requests)] in editing order (translation: one step, ``en``)."""
+        if self.config.mode == "translation":
+            pools = [("en", translation_plan(self.requests, self.order))]
+        else:
+            pools = [(language, list(self.requests[language])) for language in self.order]
         plan = []
-        for language in self.order:
-            pool = list(self.requests[language])
-            if self.config.mode == "translation":
-                pool = [r.english_twin or r for r in pool]
+        for language, pool in pools:
             for start in range(0, len(pool), self.config.batch_size):
                 plan.append((language, pool[start:start + self.config.batch_size]))
         return plan
@@ -204,7 +273,7 @@ class SequentialRun:
         if path.exists():
             return json.loads(path.read_text())
         ref = {lang: locality_predictions(self.lm.model, self.lm.tokenizer, self.lm.arch, self.requests[lang])
-               for lang in self.order}
+               for lang in self.evaluated_languages}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(ref))
         os.replace(tmp, path)
@@ -246,7 +315,7 @@ class SequentialRun:
             return self.table()
         reference = self._reference_locality()
         done_evals = {(r["after"], r["language"]) for r in _read_jsonl(self.evals_path)}
-        self._evaluate("pre-edit", self.order, reference, done_evals)
+        self._evaluate("pre-edit", self.evaluated_languages, reference, done_evals)
         if self.config.mode == "multilingual" or self.config.mode == "translation":
             self._run_one_model(reference, done_evals)
         elif self.config.mode == "monolingual":
@@ -258,21 +327,21 @@ class SequentialRun:
     def expected_records(self) -> tuple[dict[str, int], list[tuple[str, str]], list[str]]:
         """What a finished run has recorded: batch records per checkpoint, (after, language) evaluations
         and the steps the probe scores, in the order the loop writes them."""
-        plan, mode = self.edit_plan(), self.config.mode
+        plan, mode, queried = self.edit_plan(), self.config.mode, self.query_languages
         steps = list(dict.fromkeys(language for language, _ in plan))
-        evals = [("pre-edit", language) for language in self.order]
+        evals = [("pre-edit", language) for language in self.evaluated_languages]
         if mode == "multilingual":
             batches = {"checkpoint": len(plan)}
-            evals += [(step, language) for i, step in enumerate(steps) for language in self.order[:i + 1]]
+            evals += [(step, language) for i, step in enumerate(steps) for language in self.order[:i + 1] + queried]
         elif mode == "translation":
             batches = {"checkpoint": len(plan)}
-            evals += [(steps[-1], language) for language in self.order] + [("all", language) for language in self.order]
+            evals += [("all", language) for language in self.evaluated_languages]
         else:
             batches = {f"checkpoint-{step}": sum(1 for language, _ in plan if language == step) for step in steps}
             if mode == "monolingual":
-                evals += [(step, language) for step in steps for language in self.order]
+                evals += [(step, language) for step in steps for language in self.evaluated_languages]
             else:
-                evals += [("all (summed)", language) for language in self.order]
+                evals += [("all (summed)", language) for language in self.evaluated_languages]
         probe_steps = list(dict.fromkeys(after for after, _ in evals))
         return batches, evals, probe_steps
 
@@ -355,13 +424,13 @@ class SequentialRun:
         editor = self._factory()
         plan = self.edit_plan()
         if self.config.mode == "translation":
-            evaluate_after = lambda language: self.order if language == self.order[-1] else []
+            evaluate_after = None           # the English edits are one step; every language is scored after it
         else:
-            evaluate_after = lambda language: self.order[: self.order.index(language) + 1]
+            evaluate_after = lambda language: self.order[: self.order.index(language) + 1] + self.query_languages
         try:
             self._edit_batches(editor, plan, self.out_dir / "checkpoint", reference, done_evals, evaluate_after)
             if self.config.mode == "translation":
-                self._evaluate("all", self.order, reference, done_evals)
+                self._evaluate("all", self.evaluated_languages, reference, done_evals)
         finally:
             editor.restore()
 
@@ -372,7 +441,7 @@ class SequentialRun:
             try:
                 own = [step for step in plan if step[0] == language]
                 self._edit_batches(editor, own, self.out_dir / f"checkpoint-{language}", reference, done_evals,
-                                   lambda lang: self.order)
+                                   lambda lang: self.evaluated_languages)
             finally:
                 editor.restore()
 
@@ -392,7 +461,8 @@ class SequentialRun:
                 editor.restore()
         editor.add_raw_updates(updates)
         try:
-            self._evaluate("all (summed)", self.order, reference, done_evals)
+            # the probe (in _evaluate) is scored here too, on the summed model
+            self._evaluate("all (summed)", self.evaluated_languages, reference, done_evals)
         finally:
             editor.restore()
 
