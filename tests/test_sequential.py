@@ -64,6 +64,25 @@ def test_a_finished_run_without_its_checkpoint_is_read_back_without_editing(setu
     assert again.equals(first) and (tmp_path / "batches.jsonl").read_text() == records
 
 
+def test_a_finished_run_whose_states_are_needed_is_edited_again_to_save_them(setup, tmp_path):
+    import shutil
+    lm, factory, calls = setup
+    make = lambda **kw: SequentialRun(lm, "memit", REQUESTS, ["en", "de"], batch_size=1, out_dir=tmp_path,
+                                      progress=False, editor_factory=factory, **kw)
+    first = make().run()
+    saved = _checkpoint_tensors(tmp_path)
+    shutil.rmtree(tmp_path / "checkpoint")
+    run = make(keep_states=True)
+    assert run.is_recorded() and not run.states_saved()
+    before = len(calls)
+    assert run.run().equals(first) and len(calls) == before + 1 and run.states_saved()
+    again = _checkpoint_tensors(tmp_path)
+    assert set(again) == set(saved) and all(torch.equal(again[k], saved[k]) for k in saved)
+    before = len(calls)
+    make(keep_states=True).run()                  # states present now: read back
+    assert len(calls) == before
+
+
 def test_an_unfinished_run_without_its_checkpoint_is_edited_again_without_duplicate_records(setup, tmp_path):
     import shutil
     lm, factory, calls = setup

@@ -178,11 +178,14 @@ def request_identity(requests) -> dict:
 
 def sequential_run(lm, method: str, requests, order: Sequence[str], batch_size: int, mode: str = "multilingual",
                    shuffle_seed: int | None = None, progress: bool = True, portability: bool = False,
-                   probe=None, query_languages: Sequence[str] = (), **overrides) -> RunResult:
+                   probe=None, query_languages: Sequence[str] = (), keep_states: bool = False,
+                   **overrides) -> RunResult:
     """Run (or resume, or reload) a sequential editing run, kept under results/runs/ by its parameters.
     `probe` (ability.AbilityProbe) scores general ability after every step (RunResult.probes); it is
     an observation, not part of the run's key (its records carry the probe's signature).
-    `query_languages`: languages evaluated beside the edited ones but never edited (SequentialRun)."""
+    `query_languages`: languages evaluated beside the edited ones but never edited (SequentialRun).
+    `keep_states=True` when the caller loads the run's final editor states (edited_model, xtreme_scores with a
+    run): a finished run read back from a fresh clone has no checkpoints, so it is edited again to save them."""
     from .editing.sequential import TRANSLATION_PLAN, SequentialRun, resolved_hparams
 
     params = dict(order=list(order), n=max(len(v) for v in requests.values()), batch_size=batch_size,
@@ -197,6 +200,7 @@ def sequential_run(lm, method: str, requests, order: Sequence[str], batch_size: 
     folder = run_folder("seq", method, mode, lm.name, params)
     run = SequentialRun(lm, method, requests, order, batch_size, folder, mode=mode, shuffle_seed=shuffle_seed,
                         progress=progress, portability=portability, probe=probe, query_languages=query_languages,
+                        keep_states=keep_states,
                         **overrides)
     evals = run.run()
     return RunResult(evals, run.batches(), folder, method, mode, dict(overrides), run.probes())

@@ -198,7 +198,10 @@ class SequentialRun:
                  batch_size: int, out_dir: str | os.PathLike, mode: str = "multilingual",
                  shuffle_seed: int | None = None, progress: bool = True, portability: bool = False,
                  editor_factory: Callable[..., Editor] | None = None, hparams: Hparams | None = None,
-                 probe=None, query_languages: Sequence[str] = (), **overrides) -> None:
+                 probe=None, query_languages: Sequence[str] = (), keep_states: bool = False,
+                 **overrides) -> None:
+        """`keep_states`: the caller will load the final editor states (e.g. notebook_support.edited_model),
+        so a finished run whose checkpoints are missing is edited again to save them."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
         if batch_size <= 0:
@@ -209,6 +212,7 @@ class SequentialRun:
         query_languages = check_query_languages(order, query_languages, requests)
         sizes = {len(requests[lang]) for lang in order}
         self.lm, self.requests, self.progress, self.probe = lm, requests, progress, probe
+        self.keep_states = keep_states
         self.order = language_order(order, shuffle_seed)
         self.query_languages = list(query_languages)
         # with an editor_factory, the key holds `hparams` (or the defaults) + overrides: pass the ones it uses
@@ -310,7 +314,7 @@ class SequentialRun:
     # ----- the loop ------------------------------------------------------------------------
     def run(self) -> pd.DataFrame:
         self._claim_folder()
-        if self.is_recorded():
+        if self.is_recorded() and (not self.keep_states or self.states_saved()):
             # every batch, evaluation and probe step is on disk: editing again would only reproduce them
             return self.table()
         reference = self._reference_locality()
@@ -364,6 +368,11 @@ class SequentialRun:
             if not set(probe_steps) <= probed:
                 return False
         return True
+
+    def states_saved(self) -> bool:
+        """True when every checkpoint of a finished run holds its editor state."""
+        batches, _, _ = self.expected_records()
+        return all((self.out_dir / name / "state.json").exists() for name in batches)
 
     def _unprobed_steps(self, done_plan) -> list[str]:
         """Steps finished in `done_plan` whose probe score is missing (a probe added to a finished run)."""
