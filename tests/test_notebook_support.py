@@ -196,3 +196,17 @@ def test_radar_draws_each_method_in_its_own_style_and_refuses_missing_values():
     with pytest.raises(ValueError, match="at least 3 axes"):
         radar(ax, ["a", "b"], {"rect": [1, 2]})
     plt.close(fig)
+
+
+def test_ours_beside_paper_stacks_our_means_above_the_papers_rows():
+    import pandas as pd
+    import langedit.notebook_support as ns
+    ours = pd.DataFrame({"method": ["pre-edit", "langedit"], "efficacy_mean": [10.0, 90.0], "efficacy_std": [1.0, 2.0]})
+    paper = pd.DataFrame({"model": ["Llama3-8B"] * 3, "method": ["Pre-edited", "LangEdit", "ROME"],
+                          "efficacy": [31.0, 82.5, 0.4], "source": ["paper"] * 3})
+    both = ns.ours_beside_paper(ours, paper, "tiny")
+    assert list(both["model"]) == ["tiny (ours, measured)"] * 2 + ["Llama3-8B"] * 3
+    assert list(both["method"]) == ["Pre-edited", "LangEdit", "Pre-edited", "LangEdit", "ROME"]
+    assert list(both["efficacy"]) == [10.0, 90.0, 31.0, 82.5, 0.4] and "source" not in both
+    assert list(ns.ours_beside_paper(ours, paper, "tiny", only_our_methods=True)["method"]) == [
+        "Pre-edited", "LangEdit", "Pre-edited", "LangEdit"]

@@ -237,6 +237,20 @@ def xtreme_scores(lm, settings: dict, seed: int = 0, run: RunResult | None = Non
         return evaluate()
 
 
+def ours_beside_paper(table: pd.DataFrame, paper: pd.DataFrame, model: str,
+                      only_our_methods: bool = False) -> pd.DataFrame:
+    """Our mean_std(summary_table(...)) rows (the means, methods by label, model marked as ours) stacked
+    above the paper's wide Table 1 rows (paper_table); `only_our_methods` keeps the paper's rows of
+    the methods we ran."""
+    ours = table[["method"] + [c for c in table.columns if c.endswith("_mean")]].copy()
+    ours.columns = ["method"] + [c[:-len("_mean")] for c in ours.columns[1:]]
+    ours.insert(0, "model", f"{model} (ours, measured)")
+    ours["method"] = ours["method"].map(METHOD_LABELS)
+    if only_our_methods:
+        paper = paper[paper["method"].isin(set(ours["method"]))]
+    return pd.concat([ours, paper.drop(columns=["source"]) if not paper.empty else None], ignore_index=True)
+
+
 def final_scores(evals: pd.DataFrame) -> pd.DataFrame:
     """Per language, the scores after the last editing step (the end of the sequence)."""
     steps = [s for s in dict.fromkeys(evals["after"]) if s != "pre-edit"]

@@ -363,11 +363,10 @@ class SequentialRun:
         done_facts = {(r["after"], r["language"]) for r in _read_jsonl(self.per_fact_path)}
         if not set(evals) <= done_evals or not set(evals) <= done_facts:
             return False
-        if self.probe is not None:
-            probed = {r["after"] for r in _read_jsonl(self.probe_path) if r["probe"] == self.probe.signature}
-            if not set(probe_steps) <= probed:
-                return False
-        return True
+        return self.probe is None or set(probe_steps) <= self._probed_steps()
+
+    def _probed_steps(self) -> set[str]:
+        return {r["after"] for r in _read_jsonl(self.probe_path) if r["probe"] == self.probe.signature}
 
     def states_saved(self) -> bool:
         """True when every checkpoint of a finished run holds its editor state."""
@@ -379,7 +378,7 @@ class SequentialRun:
         if self.probe is None:
             return []
         _, _, probe_steps = self.expected_records()
-        probed = {r["after"] for r in _read_jsonl(self.probe_path) if r["probe"] == self.probe.signature}
+        probed = self._probed_steps()
         done_steps = [step for i, (step, _) in enumerate(done_plan)
                       if i == len(done_plan) - 1 or done_plan[i + 1][0] != step]
         return [step for step in done_steps if step in probe_steps and step not in probed]
