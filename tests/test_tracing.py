@@ -476,3 +476,99 @@ def test_cost_model_counts_what_the_grid_runs(tokenizer, layers_per_forward):
         expected = grid_cost(kind, fact.n_tokens, positions, N_LAYERS, 2, 2, layers_per_forward)
         assert sum(layer_tokens) == expected.layer_tokens, kind
         assert sum(head_rows) == expected.head_rows, kind
+
+
+# ----------------------------------------------------------------- resuming from a store
+
+def _answered_facts(model, tokenizer):
+    """FACTS with the tiny model's own top-1 as answer, so every fact is counted and traced."""
+    facts = []
+    for prompt, subject, _, language in FACTS:
+        top = clean_run(model, encode_fact(tokenizer, TraceFact(prompt, subject)), []).top_id
+        facts.append((prompt, subject, tokenizer.convert_ids_to_tokens(top), language))
+    return facts
+
+
+def test_store_resumes_an_interrupted_trace_with_identical_numbers(tokenizer, tmp_path, monkeypatch):
+    import langedit.tracing.run as run_module
+
+    model = build_tiny_model("llama", tokenizer=tokenizer).model
+    facts = _answered_facts(model, tokenizer)
+    kwargs = dict(kinds=("mlp", "hidden"), noise_std=3.0, n_samples=2, window=2, progress=False)
+    plain = causal_trace(model, tokenizer, facts, **kwargs)
+    assert (plain.facts["status"] == "counted").all()
+
+    calls, original = [], run_module.trace_fact
+
+    def interrupted_after_two(*args, **kw):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return original(*args, **kw)
+
+    monkeypatch.setattr(run_module, "trace_fact", interrupted_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        causal_trace(model, tokenizer, facts, store=tmp_path / "traces", **kwargs)
+    assert len(list((tmp_path / "traces").glob("*.npz"))) == 2 and not list((tmp_path / "traces").glob("*.partial*"))
+
+    calls.clear()
+    monkeypatch.setattr(run_module, "trace_fact", lambda *a, **kw: (calls.append(1), original(*a, **kw))[1])
+    resumed = causal_trace(model, tokenizer, facts, store=tmp_path / "traces", **kwargs)
+    assert len(calls) == 1                                   # only the fact the interruption left
+    pd.testing.assert_frame_equal(resumed.effects, plain.effects)
+    pd.testing.assert_frame_equal(resumed.facts, plain.facts)
+
+    calls.clear()
+    again = causal_trace(model, tokenizer, facts, store=tmp_path / "traces", **kwargs)
+    assert calls == [] and again.effects.equals(plain.effects)
+    other = causal_trace(model, tokenizer, facts, store=tmp_path / "traces", **{**kwargs, "n_samples": 3})
+    assert len(calls) == 3 and not other.effects.equals(plain.effects)   # other settings: traced again
+
+
+def test_store_refuses_a_file_written_for_other_settings(tokenizer, tmp_path):
+    from langedit.tracing import TraceStore, model_signature
+
+    model = build_tiny_model("qwen2", tokenizer=tokenizer).model
+    fact = encode_fact(tokenizer, as_trace_fact(FACTS[0]))
+    trace = trace_fact(model, tokenizer, fact, noise_std=2.0, kinds=("mlp",), n_samples=2, window=2)
+    store = TraceStore(tmp_path)
+    description = store.describe(fact, {"n_samples": 2}, model_signature(model))
+    store.save(trace, description)
+    loaded = store.load(fact, description)
+    assert loaded.p_corrupt == trace.p_corrupt and np.array_equal(loaded.scores["mlp"], trace.scores["mlp"],
+                                                                  equal_nan=True)
+    other = store.describe(fact, {"n_samples": 3}, model_signature(model))
+    assert store.load(fact, other) is None
+    store.path(other).write_bytes(store.path(description).read_bytes())   # a file under the wrong name
+    with pytest.raises(ValueError, match="other settings"):
+        store.load(fact, other)
+
+
+def test_model_signature_tells_the_fast_path_from_float32(tokenizer):
+    from langedit.models.loading import with_matmul_dtype
+    from langedit.tracing import model_signature
+
+    exact = build_tiny_model("gemma3_text", tokenizer=tokenizer)
+    fast = with_matmul_dtype(build_tiny_model("gemma3_text", tokenizer=tokenizer), "bfloat16")
+    assert model_signature(exact.model)["parameter_dtypes"] == ["torch.float32"]
+    assert model_signature(fast.model)["parameter_dtypes"] == ["torch.bfloat16", "torch.float32"]
+
+
+def test_bfloat16_products_trace_close_to_float32(tokenizer):
+    """The fast path (bfloat16 operands, float32 accumulation) moves restored probabilities by
+    rounding only: within 5 % of the float32 grid's range of it (Gemma-3-270M: ~3 %, benchmarks/bench_tracing.py),
+    yet not identical to it (the fast path did run)."""
+    from langedit.models.loading import with_matmul_dtype
+
+    exact = build_tiny_model("gemma3_text", tokenizer=tokenizer)
+    fast = with_matmul_dtype(build_tiny_model("gemma3_text", tokenizer=tokenizer), "bfloat16")
+    fact = encode_fact(tokenizer, as_trace_fact(FACTS[0]))
+    kwargs = dict(noise_std=3.0, kinds=KINDS, n_samples=3, window=2, answers="predicted", layers_per_forward=2)
+    reference = trace_fact(exact.model, tokenizer, fact, **kwargs)
+    approximate = trace_fact(fast.model, tokenizer, fact, **kwargs)
+    assert approximate.answer_id == reference.answer_id
+    for kind in KINDS:
+        a, b = reference.scores[kind], approximate.scores[kind]
+        spread = np.nanmax(a) - np.nanmin(a)
+        difference = np.nanmax(np.abs(a - b))
+        assert 0 < difference < 0.05 * spread, (kind, difference, spread)

@@ -51,7 +51,8 @@ PROFILES: dict[str, dict] = {
                   overrides=dict(v_steps=3, rome_v_steps=3, stats_tokens=600, layers=(7, 8)),
                   xtreme=dict(tasks=("xnli",), n_per_task=2),
                   mlake=dict(languages=("en", "de"), n_per_language=2),
-                  tracing=dict(facts_per_language=1, n_samples=2, kinds=("mlp",), window=6),
+                  tracing=dict(facts_per_language=1, n_samples=2, kinds=("mlp",), window=6, layers_per_forward=6,
+                               matmul_dtype="auto"),
                   exhaustion=dict(languages=("en", "de"), keys_per_language=3, key_batch=2, layers=(7, 8),
                                   edit_languages=("en", "de"), edits_per_language=1, edit_batch=1, edit_design="disjoint",
                                   edit_methods=("alphaedit", "langedit"), probe_languages=("en",), probe_texts=2),
@@ -70,10 +71,12 @@ PROFILES: dict[str, dict] = {
                     pair=("en", "zh"), pair_methods=("alphaedit", "langedit"),
                     overrides=dict(), xtreme=dict(tasks=("xnli", "pawsx"), n_per_task=10),
                     mlake=dict(languages=("en", "de", "fr"), n_per_language=3),
-                    # tracing: ~6.4 TFLOP per counted fact with 3 kinds x 10 samples on Gemma-3-270M
-                    # (langedit.tracing.cost, estimated, not timed): the issue's 30 per language would take ~3 h on
-                    # 2 CPU cores, so the default counts 5 per language (~30 min estimated); 30: a GPU or cpu-full
-                    tracing=dict(facts_per_language=5, n_samples=10, kinds=("hidden", "mlp", "attn"), window=6),
+                    # tracing: 6 layers per forward (2.7x faster than 1 in float32, same numbers) and bfloat16
+                    # products where the CPU has units (1.7x more; restored probabilities within ~3 % of the
+                    # grid's range): ~40 s per counted fact on 2 cores (results/benchmarks/tracing.csv), so the
+                    # 30 facts per language of the issue take ~2 h; resumable (a per-fact store in results/runs)
+                    tracing=dict(facts_per_language=30, n_samples=10, kinds=("hidden", "mlp", "attn"), window=6,
+                                 layers_per_forward=6, matmul_dtype="auto"),
                     # keys only (cheap) far past exhaustion; real edits (v* ~5 s each) for a short prefix
                     exhaustion=dict(languages=TWELVE_LANGUAGES, keys_per_language=200, key_batch=100, layers=(3, 8),
                                     edit_languages=("en", "de", "nl"), edit_batch=10, edits_per_language=10,
@@ -98,7 +101,8 @@ PROFILES: dict[str, dict] = {
                   overrides=dict(), xtreme=dict(tasks=("xnli", "pawsx", "mlqa", "wikiann"), n_per_task=100),
                   # A.6: subjects annotated for 100 MLaKE records per language
                   mlake=dict(languages=("en", "de", "fr"), n_per_language=100),
-                  tracing=dict(facts_per_language=100, n_samples=10, kinds=("hidden", "mlp", "attn"), window=6),
+                  tracing=dict(facts_per_language=100, n_samples=10, kinds=("hidden", "mlp", "attn"), window=6,
+                               layers_per_forward=6, matmul_dtype="auto"),
                   exhaustion=dict(languages=TWELVE_LANGUAGES, keys_per_language=549, key_batch=100,
                                   layers=None, edit_languages=TWELVE_LANGUAGES, edit_batch=100, edits_per_language=400,
                                   edit_design="parallel",

@@ -12,6 +12,7 @@ from .core import (KINDS, CleanRun, CorruptedRun, answer_is_greedy, attn_block_o
                    restored_layers, screen_facts, state_names)
 from .facts import EncodedFact, SubjectNotFoundError, TraceFact, as_trace_fact, encode_fact, subject_token_range
 from .run import FactTrace, TracingResult, causal_trace, trace_fact
+from .store import TraceStore, model_signature
 from .tables import (POSITION_CATEGORIES, POSITION_LABELS, colour_limits, facts_per_panel, heatmap_frame, mlp_effect_by_layer, position_categories,
                      position_effects, suggest_edit_layers, token_effects)
 
@@ -21,6 +22,6 @@ __all__ = [
     "facts_per_panel",
     "restored_answer_probs", "restored_layers", "state_names", "EncodedFact", "SubjectNotFoundError", "TraceFact",
     "as_trace_fact", "encode_fact", "subject_token_range", "FactTrace", "TracingResult", "causal_trace",
-    "trace_fact", "POSITION_CATEGORIES", "POSITION_LABELS", "heatmap_frame", "mlp_effect_by_layer",
+    "trace_fact", "TraceStore", "model_signature", "POSITION_CATEGORIES", "POSITION_LABELS", "heatmap_frame", "mlp_effect_by_layer",
     "position_categories", "position_effects", "suggest_edit_layers", "token_effects",
 ]

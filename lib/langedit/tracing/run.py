@@ -1,6 +1,7 @@
 """Trace one fact, or many facts across languages, into tidy tables."""
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from ..models.architecture import architecture_of
 from .core import (KINDS, CleanRun, answer_is_greedy, check_supported, clean_run, corrupted_run, d_model_of,
                    embedding_std, make_noise, n_layers_of, restoration_grid, screen_facts, state_names)
 from .facts import EncodedFact, SubjectNotFoundError, as_trace_fact, encode_fact
+from .store import TraceStore, model_signature
 from .tables import position_effects, positions_for
 
 Answers = Literal["given", "predicted"]
@@ -64,6 +66,7 @@ def trace_fact(
     model: nn.Module, tokenizer, fact, *, noise_std: float, kinds: Sequence[str] = KINDS, n_samples: int = 10,
     window: int = 10, seed: int = 0, answers: Answers = "given", categories: Sequence[str] | None = None,
     only_if_correct: bool = False, criterion: Criterion = "first_token", max_rows: int = 256,
+    layers_per_forward: int = 1,
 ) -> FactTrace:
     """Corrupt the subject, restore each (token, layer) state per kind, and keep the answer probability.
 
@@ -71,6 +74,7 @@ def trace_fact(
     always so with ``answers="predicted"``; ``"full_answer"`` - greedy decoding reproduces every answer
     token. Either way the traced quantity is the first answer token's probability.
     With `only_if_correct`, a wrong fact returns after the clean run (``p_corrupt`` NaN, no grids).
+    `max_rows` and `layers_per_forward` shape the forwards (see :func:`restoration_grid`), not the numbers.
     `categories` limits the grid to the tokens those position categories need. A raw `fact` is read
     by :func:`as_trace_fact` without a template: wrap the prompt yourself, or use :func:`causal_trace`.
     """
@@ -92,7 +96,7 @@ def trace_fact(
     positions = positions_for(encoded.n_tokens, encoded.subject_range, categories)
     for kind in kinds:
         scores = restoration_grid(model, encoded, noise, answer_id, clean, kind, positions, window, max_rows,
-                                  corrupted=corrupted)
+                                  corrupted=corrupted, layers_per_forward=layers_per_forward)
         scores[: encoded.subject_range[0]] = trace.p_corrupt
         trace.scores[kind] = scores
     return trace
@@ -139,7 +143,8 @@ def causal_trace(
     noise_multiplier: float = 3.0, n_samples: int = 10, window: int = 10, seed: int = 0, answers: Answers = "given",
     categories: Sequence[str] | None = None, max_facts_per_language: int | None = None, template: str = "{}",
     skip_missing_subject: bool = False, criterion: Criterion = "first_token", max_rows: int = 256,
-    screen_batch: int = 16, progress: bool = True,
+    screen_batch: int = 16, layers_per_forward: int = 1, store: str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> TracingResult:
     """Causal tracing over many facts, averaged per language (LangEdit Appendix A.1, Figure 5).
 
@@ -150,6 +155,8 @@ def causal_trace(
     first token is the model's top-1; only those are traced (``full_answer`` then also checks the
     remaining answer tokens). Facts come as triples, dicts or edit-request objects (see
     :func:`as_trace_fact`), wrapped by `template`. ``counts()`` reports the facts seen and counted.
+    With a `store` folder (one per model), every traced fact is written there as it finishes and read
+    back instead of traced again: an interrupted call, repeated, resumes with identical numbers.
     """
     _check_options(answers, criterion)
     if screen_batch < 1:
@@ -159,8 +166,10 @@ def causal_trace(
         noise_std = noise_multiplier * embedding_std(model, tokenizer, [fact.subject for fact in facts])
     settings = dict(kinds=tuple(kinds), noise_std=noise_std, n_samples=n_samples, window=window, seed=seed,
                     answers=answers, categories=categories, template=template, criterion=criterion,
-                    max_facts_per_language=max_facts_per_language)
+                    max_facts_per_language=max_facts_per_language, layers_per_forward=layers_per_forward)
     encoded = _encode_all(tokenizer, facts, skip_missing_subject)
+    traced = _Tracer(model, tokenizer, settings, dict(max_rows=max_rows, layers_per_forward=layers_per_forward),
+                     store)
     rows: list[dict | None] = [None] * len(facts)
     traces, counted = [], Counter()
     bar = tqdm(total=len(facts), desc="causal tracing", unit="fact", disable=not progress)
@@ -187,10 +196,7 @@ def causal_trace(
                 if answers == "given" and top_id != encoded[i].answer_id:
                     rows[i] = _screened_row(tokenizer, facts[i], encoded[i], top_id, p_answer)  # never traced
                     continue
-                trace = trace_fact(model, tokenizer, encoded[i], noise_std=noise_std, kinds=kinds,
-                                   n_samples=n_samples, window=window, seed=seed, answers=answers,
-                                   categories=categories, only_if_correct=True, criterion=criterion,
-                                   max_rows=max_rows)
+                trace = traced(encoded[i])
                 rows[i] = _fact_row(facts[i], trace, "counted" if trace.correct else "wrong_before_corruption")
                 if trace.correct:
                     traces.append(trace)
@@ -201,6 +207,33 @@ def causal_trace(
         columns=["language", "kind", "position_category", "layer", "prob", "indirect_effect", "n_facts",
                  "p_clean", "p_corrupt"])
     return TracingResult(effects, pd.DataFrame(rows), traces, float(noise_std), settings)
+
+
+class _Tracer:
+    """trace_fact with the call's settings, through the store when there is one."""
+
+    def __init__(self, model: nn.Module, tokenizer, settings: dict, shape: dict, store) -> None:
+        self.model, self.tokenizer, self.shape = model, tokenizer, shape
+        self.options = {k: settings[k] for k in ("kinds", "noise_std", "n_samples", "window", "seed", "answers",
+                                                  "categories", "criterion")}
+        self.store = None if store is None else TraceStore(store)
+        # the key: what the numbers depend on (the template is already in the fact's prompt); the
+        # forwards' shape is in it too, because bfloat16 products round differently per shape
+        self.key_settings = {**self.options, **shape}
+        self.signature = model_signature(model) if store is not None else None
+
+    def __call__(self, encoded: EncodedFact) -> FactTrace:
+        if self.store is None:
+            return self._trace(encoded)
+        description = self.store.describe(encoded, self.key_settings, self.signature)
+        trace = self.store.load(encoded, description)
+        if trace is None:
+            trace = self._trace(encoded)
+            self.store.save(trace, description)
+        return trace
+
+    def _trace(self, encoded: EncodedFact) -> FactTrace:
+        return trace_fact(self.model, self.tokenizer, encoded, only_if_correct=True, **self.options, **self.shape)
 
 
 def _encode_all(tokenizer, facts: Sequence, skip_missing_subject: bool) -> list[EncodedFact | None]:
