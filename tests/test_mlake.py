@@ -233,4 +233,15 @@ def test_setting_figure_shows_n_per_language_and_titles_in_words():
     assert "multi-hop questions edited" in fig._suptitle.get_text()
     colours = {p.get_facecolor()[:3] for p in efficacy.patches}
     assert matplotlib.colors.to_rgb(ns.METHOD_COLOURS["langedit"]) in colours
+    # the legend sits above the panels (inside one it covered bars at 100 %), once for the figure
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [t.get_label() for t in efficacy.containers]
+    zeros_before = len(efficacy.texts)
+    plt.close(fig)
+    # a score of 0 is marked, so that its invisible bar does not read as a missing one
+    zeroed = scores.copy()
+    zeroed.loc[(zeroed["method"] == "langedit") & (zeroed["metric"] == "efficacy") & (zeroed["language"] == "de"),
+               "value"] = 0.0
+    fig = setting_figure(zeroed, xtreme, "multi_hop", ["en", "de"], "tiny")
+    assert [t.get_text() for t in fig.axes[0].texts] == ["0"] * (zeros_before + 1)
     plt.close(fig)

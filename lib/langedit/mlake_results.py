@@ -99,8 +99,11 @@ def setting_figure(scores: pd.DataFrame, xtreme: pd.DataFrame, setting: str, ord
         part = scores[scores["metric"] == metric]
         for i, method in enumerate(methods):
             values = part[part["method"] == method].set_index("language").reindex(order)["value"]
-            ax.bar([j + i * width for j in range(len(order))], values, width, color=METHOD_COLOURS[method],
-                   label=METHOD_LABELS[method])
+            positions = [j + i * width for j in range(len(order))]
+            ax.bar(positions, values, width, color=METHOD_COLOURS[method], label=METHOD_LABELS[method])
+            for x, value in zip(positions, values):   # a bar of 0 is invisible: mark it, so it is not read as missing
+                if value == 0:
+                    ax.text(x, 1.5, "0", ha="center", va="bottom", fontsize=7, color=METHOD_COLOURS[method])
         n = part.drop_duplicates("language").set_index("language").reindex(order)["n"]
         ax.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(order))],
                       [f"{lang}\nn={'–' if pd.isna(k) else int(k)}" for lang, k in zip(order, n)])
@@ -115,7 +118,10 @@ def setting_figure(scores: pd.DataFrame, xtreme: pd.DataFrame, setting: str, ord
     ax.set_ylim(0, 100)
     ax.set_title("XTREME F1 after editing\n(pre-edited: the unedited model)", fontsize=9)
     ax.set_ylabel("F1 (%)")
-    axes[0].legend(fontsize=7)
+    # one legend for the figure, under the title: inside a panel it covers bars that reach 100 %
+    handles, labels = axes[0].get_legend_handles_labels()
     fig.suptitle(f"MLaKE, {SETTING_TITLES[setting]}, on {model}: after editing {' → '.join(order)} in sequence")
-    fig.tight_layout()
+    fig.legend(handles, labels, loc="upper center", ncol=len(handles), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.93))
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
     return fig
