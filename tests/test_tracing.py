@@ -572,3 +572,40 @@ def test_bfloat16_products_trace_close_to_float32(tokenizer):
         spread = np.nanmax(a) - np.nanmin(a)
         difference = np.nanmax(np.abs(a - b))
         assert 0 < difference < 0.05 * spread, (kind, difference, spread)
+
+
+def test_paper_claims_by_hand():
+    """Three synthetic facts with 4 layers; early layers 0-1. Each claim's per-fact value by hand, the
+    mean over facts, and an interval that contains it."""
+    from langedit.tracing import FactTrace, fact_effects, paper_claims
+
+    def fake(language, hidden, mlp, attn, p_corrupt=0.1):
+        # 4 tokens, subject [1, 3): the last subject token is position 2; other rows hold noise that must not count
+        ids = torch.zeros(4, dtype=torch.long)
+        fact = EncodedFact(TraceFact("p", "s", "a", language), ids, ("t",) * 4, (1, 3), 0)
+        def grid(at_last_subject):
+            scores = np.full((4, 4), 0.9)
+            scores[2] = at_last_subject
+            return scores
+        return FactTrace(fact, 0, "a", "a", 1.0, p_corrupt,
+                         True, {"hidden": grid(hidden), "mlp": grid(mlp), "attn": grid(attn)})
+
+    traces = [fake("en", [0.5, 0.3, 0.1, 0.1], [0.4, 0.4, 0.1, 0.1], [0.2, 0.2, 0.1, 0.1]),
+              fake("en", [0.3, 0.5, 0.1, 0.1], [0.3, 0.3, 0.1, 0.1], [0.2, 0.1, 0.1, 0.1]),
+              fake("de", [0.1, 0.1, 0.3, 0.1], [0.1, 0.1, 0.1, 0.1], [0.3, 0.3, 0.1, 0.1])]
+    languages, hidden = fact_effects(traces, "hidden")
+    assert languages == ["en", "en", "de"] and hidden[0].tolist() == pytest.approx([0.4, 0.2, 0.0, 0.0])
+    claims = paper_claims(traces, early_layers=[0, 1], n_resamples=500).set_index("language")
+    # hidden: early mean - late mean of (restored - 0.1): en facts 0.3 - 0.0 and 0.3 - 0.0; de 0.0 - 0.1
+    assert claims.loc["en", "hidden_early_minus_late"] == pytest.approx(0.3)
+    assert claims.loc["de", "hidden_early_minus_late"] == pytest.approx(-0.1)
+    assert claims.loc["all", "hidden_early_minus_late"] == pytest.approx((0.3 + 0.3 - 0.1) / 3)
+    # mlp - attn over layers 0-1: en 0.2 and 0.15, de -0.2
+    assert claims.loc["en", "mlp_minus_attn"] == pytest.approx(0.175)
+    assert claims.loc["all", "mlp_minus_attn"] == pytest.approx((0.2 + 0.15 - 0.2) / 3)
+    assert claims.loc["en", "hidden_peak_layer"] == 0 and claims.loc["de", "hidden_peak_layer"] == 2
+    assert claims.loc["all", "n_facts"] == 3 and claims.loc["de", "n_facts"] == 1
+    low, high = claims.loc["all", ["mlp_minus_attn_low", "mlp_minus_attn_high"]]
+    assert low <= claims.loc["all", "mlp_minus_attn"] <= high and low < high
+    with pytest.raises(ValueError, match="proper"):
+        paper_claims(traces, early_layers=[0, 1, 2, 3])
