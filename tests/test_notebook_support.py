@@ -210,3 +210,17 @@ def test_ours_beside_paper_stacks_our_means_above_the_papers_rows():
     assert list(both["efficacy"]) == [10.0, 90.0, 31.0, 82.5, 0.4] and "source" not in both
     assert list(ns.ours_beside_paper(ours, paper, "tiny", only_our_methods=True)["method"]) == [
         "Pre-edited", "LangEdit", "Pre-edited", "LangEdit"]
+
+
+def test_batch_of_100_seconds_reads_the_fast_path_benchmark(tmp_path, monkeypatch):
+    monkeypatch.setenv("LANGEDIT_RESULTS_DIR", str(tmp_path))
+    assert ns.batch_of_100_seconds() is None                  # not benchmarked here
+    (tmp_path / "benchmarks").mkdir()
+    pd.DataFrame({"method": ["alphaedit", "langedit", "alphaedit"], "batch_size": [100, 100, 100],
+                  "dtype": ["float32", "float32", "bfloat16"], "seconds_per_batch": [700.0, 770.0, 350.0]}).to_csv(
+        tmp_path / "benchmarks" / "fast_path.csv", index=False)
+    seconds = ns.batch_of_100_seconds()
+    assert seconds.to_dict() == {"alphaedit": 700.0, "langedit": 770.0}
+    assert ns.batch_of_100_seconds("bfloat16").to_dict() == {"alphaedit": 350.0}
+    with pytest.raises(ValueError, match="float16"):
+        ns.batch_of_100_seconds("float16")

@@ -139,6 +139,19 @@ def save_figure(fig, folder: str | os.PathLike, name: str) -> list[Path]:
     return paths
 
 
+def batch_of_100_seconds(dtype: str = "float32") -> pd.Series | None:
+    """Seconds per batch of 100 edits per method, as ``benchmarks/bench_fast_path.py`` measured them
+    (one batch on the unedited model; results/benchmarks/fast_path.csv), or None where it has not run."""
+    path = results_dir() / "benchmarks" / "fast_path.csv"
+    if not path.exists():
+        return None
+    table = pd.read_csv(path)
+    rows = table[(table["dtype"] == dtype) & (table["batch_size"] == 100)]
+    if rows.empty:
+        raise ValueError(f"{path} has no {dtype} rows for batches of 100")
+    return rows.set_index("method")["seconds_per_batch"]
+
+
 def save_table(frame: pd.DataFrame, folder: str | os.PathLike, name: str) -> Path:
     path = Path(folder) / f"{name}.csv"
     frame.to_csv(path, index=False)
