@@ -74,7 +74,8 @@ def trace_fact(
     always so with ``answers="predicted"``; ``"full_answer"`` - greedy decoding reproduces every answer
     token. Either way the traced quantity is the first answer token's probability.
     With `only_if_correct`, a wrong fact returns after the clean run (``p_corrupt`` NaN, no grids).
-    `max_rows` and `layers_per_forward` shape the forwards (see :func:`restoration_grid`), not the numbers.
+    `max_rows` and `layers_per_forward` shape the forwards (see :func:`restoration_grid`), not the numbers
+    (beyond rounding: ~1e-7 in float32; with bfloat16 products ~1e-3 of a probability).
     `categories` limits the grid to the tokens those position categories need. A raw `fact` is read
     by :func:`as_trace_fact` without a template: wrap the prompt yourself, or use :func:`causal_trace`.
     """
