@@ -276,13 +276,22 @@ def final_scores(evals: pd.DataFrame) -> pd.DataFrame:
     return evals[evals["after"] == steps[-1]]
 
 
+def edits_after(evals: pd.DataFrame, order: Sequence[str]) -> dict[str, int]:
+    """Edits made once each language's step is done ("pre-edit": 0), from a run's evaluations
+    (``n`` of a step's row for the language it edited = that language's facts)."""
+    own = evals[evals["after"] == evals["language"]]
+    n = own.groupby("language")["n"].first()
+    counts = {"pre-edit": 0}
+    for i, language in enumerate(order):
+        counts[language] = int(sum(n.get(earlier, 0) for earlier in order[:i + 1]))
+    return counts
+
+
 def language_steps(evals: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
     """Scores of every evaluated language after each language step, with the number of edits so far."""
     frame = evals[evals["after"] != "pre-edit"].copy()
-    n = frame.groupby("after")["n"].first()
-    edits_so_far = {lang: int(sum(n.get(l, 0) for l in order[:order.index(lang) + 1])) for lang in order if lang in n}
     frame["step"] = frame["after"].map(lambda a: order.index(a) + 1)
-    frame["edits_so_far"] = frame["after"].map(edits_so_far)
+    frame["edits_so_far"] = frame["after"].map(edits_after(evals, order))
     return frame
 
 

@@ -3,8 +3,9 @@
 ``batch_series`` turns a run's batch reports (``null_dimension``, ``leakage``: one value per edited
 layer) into long rows with the number of edits at that point, ``change_since_first`` re-expresses a
 level as its change since the first batch (a few directions out of hundreds are invisible on a shared
-level axis), ``per_layer_panels`` draws one panel per layer with the suite's method styles, and
-``edits_after`` counts the edits made after each language step.
+level axis), ``per_layer_panels`` draws one panel per layer with the suite's method styles;
+``edits_after`` (from notebook_support, shared with ``language_steps``) counts the edits made after each
+language step.
 """
 from __future__ import annotations
 
@@ -12,18 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from .notebook_support import METHOD_COLOURS, METHOD_LABELS, METHOD_LINESTYLES, METHOD_MARKERS, RULE_LABELS, RULE_STYLES
-
-
-def edits_after(evals: pd.DataFrame, order: Sequence[str]) -> dict[str, int]:
-    """Edits made once each language's step is done ("pre-edit": 0), from a run's evaluations
-    (``n`` = facts of that language)."""
-    own = evals[evals["after"] == evals["language"]]           # a step's row for the language it edited
-    n = own.groupby("language")["n"].first()
-    counts = {"pre-edit": 0}
-    for i, language in enumerate(order):
-        counts[language] = int(sum(n.get(earlier, 0) for earlier in order[:i + 1]))
-    return counts
+from .notebook_support import (METHOD_COLOURS, METHOD_LABELS, METHOD_LINESTYLES, METHOD_MARKERS, RULE_LABELS, RULE_STYLES,
+                               edits_after)  # noqa: F401  (re-exported: notebook 06 counts edits with it)
 
 
 def batch_series(batches: pd.DataFrame, field: str, before: bool = False) -> pd.DataFrame:
