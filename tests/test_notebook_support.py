@@ -224,3 +224,23 @@ def test_batch_of_100_seconds_reads_the_fast_path_benchmark(tmp_path, monkeypatc
     assert ns.batch_of_100_seconds("bfloat16").to_dict() == {"alphaedit": 350.0}
     with pytest.raises(ValueError, match="float16"):
         ns.batch_of_100_seconds("float16")
+
+
+def test_sequential_run_folder_is_named_by_the_runs_parameters(tmp_path, monkeypatch, default_tokenizer):
+    """The folder scheme the committed results/runs/ were written under: changing it would re-edit them all."""
+    from langedit.editing.sequential import resolved_hparams
+    from langedit.models.tiny import build_tiny_model
+    from edit_requests import LanguageReq
+
+    monkeypatch.setenv("LANGEDIT_RESULTS_DIR", str(tmp_path))
+    lm = build_tiny_model("gemma3_text", tokenizer=default_tokenizer)
+    requests = {"en": [LanguageReq("Where is {}?", "Rome", "Italy", "en", 4)],
+                "de": [LanguageReq("Wo liegt {}?", "Rom", "Italien", "de", 4)]}
+    folder = ns.sequential_run_folder(lm, "memit", requests, ["en", "de"], 1)
+    by_hand = ns.run_folder("seq", "memit", "multilingual", lm.name, dict(
+        order=["en", "de"], n=1, batch_size=1, shuffle_seed=None, portability=False,
+        case_ids={"en": [4], "de": [4]}, overrides={}, hparams=resolved_hparams(lm, "memit")))
+    assert folder == by_hand and folder.parent == tmp_path / "runs" and folder.name.startswith("seq-")
+    queried = ns.sequential_run_folder(lm, "memit", {"en": requests["en"], "de": requests["de"]}, ["en"], 1,
+                                       query_languages=["de"])
+    assert queried != ns.sequential_run_folder(lm, "memit", {"en": requests["en"]}, ["en"], 1)

@@ -360,6 +360,41 @@ def test_a_probe_scores_the_model_after_every_step_once_also_on_resume(setup, tm
     assert probe.calls == 3 and len(again.probes()) == 3
 
 
+def test_a_final_only_probe_scores_the_finished_models_and_nothing_else(setup, tmp_path):
+    lm, factory, _ = setup
+    every, final = _NormProbe(lm), _NormProbe(lm)
+    final.steps, final.signature = "final", "norm-final"
+    make = lambda folder, probe, **kw: SequentialRun(lm, "memit", REQUESTS, ["en", "de"], batch_size=1,
+                                                     out_dir=folder, progress=False, editor_factory=factory,
+                                                     probe=probe, **kw)
+    reference = make(tmp_path / "every", every)
+    reference.run()
+    run = make(tmp_path / "final", final)
+    run.run()
+    # only the last step of the one edited model, with the value the every-step probe saw there
+    assert final.calls == 1 and list(run.probes()["after"]) == ["de"]
+    assert run.probes()["norm"].iloc[0] == reference.probes()["norm"].iloc[-1]
+    assert run.is_recorded()
+    make(tmp_path / "final", final).run()
+    assert final.calls == 1
+    # monolingual: every language's model is a finished one, and the unedited model is not scored
+    mono_probe = _NormProbe(lm)
+    mono_probe.steps, mono_probe.signature = "final", "norm-final"
+    mono = make(tmp_path / "mono", mono_probe, mode="monolingual")
+    mono.run()
+    assert list(mono.probes()["after"]) == ["en", "de"] and mono_probe.calls == 2
+
+
+def test_a_probe_with_unknown_steps_is_refused_before_any_work(setup, tmp_path):
+    lm, factory, _ = setup
+    probe = _NormProbe(lm)
+    probe.steps = "sometimes"
+    with pytest.raises(ValueError, match="probe.steps must be one of"):
+        SequentialRun(lm, "memit", REQUESTS, ["en"], batch_size=1, out_dir=tmp_path, progress=False,
+                      editor_factory=factory, probe=probe)
+    assert not (tmp_path / "config.json").exists()
+
+
 # ----- queried (never edited) languages; the translation plan; the probe on summed / translated models -----
 
 EN = [Req("Where is {}?", "Rome", "Italy", "en"), Req("Who founded {}?", "Acme", "Bob", "en", 1)]

@@ -299,8 +299,14 @@ def test_xtreme_probe_refuses_bad_settings_before_any_work():
         XtremeProbe(tasks=())
     with pytest.raises(ValueError, match="n_per_task"):
         XtremeProbe(tasks="xnli", n_per_task=0)
+    with pytest.raises(ValueError, match="steps must be"):
+        XtremeProbe(tasks="xnli", steps="last")
     a, b = XtremeProbe("xnli", n_per_task=5), XtremeProbe("xnli", n_per_task=6)
     assert a.signature == XtremeProbe(("xnli",), n_per_task=5).signature != b.signature
+    # a final-only probe is another probe (its records never stand in for an every-step one's)
+    final = XtremeProbe("xnli", n_per_task=5, steps="final")
+    assert final.steps == "final" and final.signature != a.signature
+    assert a.signature == XtremeProbe("xnli", n_per_task=5, steps="every").signature
 
 
 def test_f1_by_step_averages_languages_within_a_task_then_tasks():
@@ -349,3 +355,9 @@ def test_constant_guess_f1_is_the_better_constant_on_the_scored_items():
     assert row["f1"] == pytest.approx(by_hand)
     assert 30 <= row["f1"] <= 40                                     # balanced items: about 33.3
     assert chance[chance["task"] == "mlqa"]["f1"].eq(0.0).all()
+
+
+def test_every_task_has_a_label_for_figures():
+    from langedit.xtreme.tasks import TASK_LABELS, TASK_NAMES
+
+    assert set(TASK_LABELS) == set(TASK_NAMES) and len(set(TASK_LABELS.values())) == len(TASK_NAMES)

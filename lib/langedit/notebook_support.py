@@ -50,6 +50,7 @@ PROFILES: dict[str, dict] = {
                   radar_methods=("alphaedit", "langedit"), pair=("en", "zh"), pair_methods=("langedit",),
                   overrides=dict(v_steps=3, rome_v_steps=3, stats_tokens=600, layers=(7, 8)),
                   xtreme=dict(tasks=("xnli",), n_per_task=2),
+                  radar_xtreme=dict(tasks=("xnli", "pawsx", "mlqa", "wikiann"), n_per_task=2),
                   mlake=dict(languages=("en", "de"), n_per_language=2),
                   tracing=dict(facts_per_language=1, n_samples=2, kinds=("mlp",), window=6, layers_per_forward=6,
                                matmul_dtype="auto"),
@@ -70,6 +71,9 @@ PROFILES: dict[str, dict] = {
                     focus_methods=("alphaedit", "langedit"), radar_methods=("rect", "alphaedit", "langedit"),
                     pair=("en", "zh"), pair_methods=("alphaedit", "langedit"),
                     overrides=dict(), xtreme=dict(tasks=("xnli", "pawsx"), n_per_task=10),
+                    # notebook 04: all four tasks, scored once on each radar method's final model (a probe
+                    # with steps="final"); MLQA and WikiANN generate, too slow to score after every step
+                    radar_xtreme=dict(tasks=("xnli", "pawsx", "mlqa", "wikiann"), n_per_task=10),
                     mlake=dict(languages=("en", "de", "fr"), n_per_language=3),
                     # tracing: 6 layers per forward (2.7x faster than 1 in float32, same numbers) and bfloat16
                     # products where the CPU has units (1.7x more; restored probabilities within ~3 % of the
@@ -99,6 +103,7 @@ PROFILES: dict[str, dict] = {
                   focus_methods=("alphaedit", "langedit"), radar_methods=("rect", "alphaedit", "langedit"),
                   pair=("en", "zh"), pair_methods=("ft", "rome", "memit", "prune", "rect", "alphaedit", "langedit"),
                   overrides=dict(), xtreme=dict(tasks=("xnli", "pawsx", "mlqa", "wikiann"), n_per_task=100),
+                  radar_xtreme=dict(tasks=("xnli", "pawsx", "mlqa", "wikiann"), n_per_task=100),
                   # A.6: subjects annotated for 100 MLaKE records per language
                   mlake=dict(languages=("en", "de", "fr"), n_per_language=100),
                   tracing=dict(facts_per_language=100, n_samples=10, kinds=("hidden", "mlp", "attn"), window=6,
@@ -193,17 +198,11 @@ def request_identity(requests) -> dict:
     return identity
 
 
-def sequential_run(lm, method: str, requests, order: Sequence[str], batch_size: int, mode: str = "multilingual",
-                   shuffle_seed: int | None = None, progress: bool = True, portability: bool = False,
-                   probe=None, query_languages: Sequence[str] = (), keep_states: bool = False,
-                   **overrides) -> RunResult:
-    """Run (or resume, or reload) a sequential editing run, kept under results/runs/ by its parameters.
-    `probe` (ability.AbilityProbe) scores general ability after every step (RunResult.probes); it is
-    an observation, not part of the run's key (its records carry the probe's signature).
-    `query_languages`: languages evaluated beside the edited ones but never edited (SequentialRun).
-    `keep_states=True` when the caller loads the run's final editor states (edited_model, xtreme_scores with a
-    run): a finished run read back from a fresh clone has no checkpoints, so it is edited again to save them."""
-    from .editing.sequential import TRANSLATION_PLAN, SequentialRun, resolved_hparams
+def sequential_run_folder(lm, method: str, requests, order: Sequence[str], batch_size: int,
+                          mode: str = "multilingual", shuffle_seed: int | None = None, portability: bool = False,
+                          query_languages: Sequence[str] = (), **overrides) -> Path:
+    """Where ``sequential_run`` with these arguments keeps its run (results/runs/seq-...), without running it."""
+    from .editing.sequential import TRANSLATION_PLAN, resolved_hparams
 
     params = dict(order=list(order), n=max(len(v) for v in requests.values()), batch_size=batch_size,
                   shuffle_seed=shuffle_seed, portability=portability,
@@ -214,7 +213,23 @@ def sequential_run(lm, method: str, requests, order: Sequence[str], batch_size: 
         params["query_languages"] = list(query_languages)
     if mode == "translation":
         params["translation_plan"] = TRANSLATION_PLAN
-    folder = run_folder("seq", method, mode, lm.name, params)
+    return run_folder("seq", method, mode, lm.name, params)
+
+
+def sequential_run(lm, method: str, requests, order: Sequence[str], batch_size: int, mode: str = "multilingual",
+                   shuffle_seed: int | None = None, progress: bool = True, portability: bool = False,
+                   probe=None, query_languages: Sequence[str] = (), keep_states: bool = False,
+                   **overrides) -> RunResult:
+    """Run (or resume, or reload) a sequential editing run, kept under results/runs/ by its parameters.
+    `probe` (ability.AbilityProbe) scores general ability after every step (RunResult.probes); it is
+    an observation, not part of the run's key (its records carry the probe's signature).
+    `query_languages`: languages evaluated beside the edited ones but never edited (SequentialRun).
+    `keep_states=True` when the caller loads the run's final editor states (edited_model, xtreme_scores with a
+    run): a finished run read back from a fresh clone has no checkpoints, so it is edited again to save them."""
+    from .editing.sequential import SequentialRun
+
+    folder = sequential_run_folder(lm, method, requests, order, batch_size, mode=mode, shuffle_seed=shuffle_seed,
+                                   portability=portability, query_languages=query_languages, **overrides)
     run = SequentialRun(lm, method, requests, order, batch_size, folder, mode=mode, shuffle_seed=shuffle_seed,
                         progress=progress, portability=portability, probe=probe, query_languages=query_languages,
                         keep_states=keep_states,
@@ -486,5 +501,6 @@ def radar(ax, categories: Sequence[str], series: dict[str, Sequence[float]], lim
         ax.fill(angles + angles[:1], closed, color=METHOD_COLOURS.get(method), alpha=0.08)
     ax.set_xticks(angles)
     ax.set_xticklabels(categories, fontsize=8)
+    ax.set_rlabel_position(np.degrees(angles[1]) / 2)     # the scale's numbers between two axes, not on one
     ax.set_ylim(0, limit)
     ax.tick_params(axis="y", labelsize=6)

@@ -27,7 +27,9 @@ shows over time. Requests without a locality probe (MLaKE) get no Specificity. E
 means go to ``evals.jsonl``, its per-fact scores to ``evals_per_fact.jsonl`` (for paired tests over
 facts, langedit.statistics). With a ``probe`` (e.g. ability.AbilityProbe: anything with a
 ``signature`` and ``summary(model, tokenizer) -> DataFrame``) the model's general ability is scored
-after every step too, one record per step in ``probes.jsonl``. Each finished batch is appended to ``batches.jsonl`` and the editor
+after every step too, one record per step in ``probes.jsonl``; a probe whose ``steps`` is ``"final"``
+is scored only on the finished models (``final_models``: the last step of a multilingual run, every
+language's model of a monolingual run), for a measure too costly to repeat after every step. Each finished batch is appended to ``batches.jsonl`` and the editor
 state saved (key statistics included), so an interrupted run resumes from its last finished batch, in a new process, to the
 same scores and weights bit for bit as an uninterrupted run (tested for every method, also for a
 process killed while saving or evaluating). A run folder belongs to one configuration: reusing it
@@ -193,6 +195,24 @@ def language_order(order: Sequence[str], shuffle_seed: int | None) -> list[str]:
     return order
 
 
+PROBE_STEPS = ("every", "final")
+
+
+def probe_steps_of(probe) -> str:
+    """When a probe is scored: ``probe.steps`` ("every" step, the default, or the "final" models only)."""
+    steps = getattr(probe, "steps", "every")
+    if steps not in PROBE_STEPS:
+        raise ValueError(f"probe.steps must be one of {PROBE_STEPS}, got {steps!r}")
+    return steps
+
+
+def final_models(mode: str, steps: Sequence[str]) -> list[str]:
+    """The steps after which a model is finished: the last of a multilingual run (one model edited step
+    by step); every edited step of the other modes (each is a model of its own, or the one final model)."""
+    edited = [step for step in steps if step != "pre-edit"]
+    return edited[-1:] if mode == "multilingual" else edited
+
+
 class SequentialRun:
     def __init__(self, lm: LoadedModel, method: str, requests: Mapping[str, Sequence], order: Sequence[str],
                  batch_size: int, out_dir: str | os.PathLike, mode: str = "multilingual",
@@ -211,6 +231,7 @@ class SequentialRun:
             raise ValueError(f"no edit requests for language(s) {missing}")
         query_languages = check_query_languages(order, query_languages, requests)
         sizes = {len(requests[lang]) for lang in order}
+        probe_steps_of(probe)       # an unknown `steps` fails now, not after the first edit
         self.lm, self.requests, self.progress, self.probe = lm, requests, progress, probe
         self.keep_states = keep_states
         self.order = language_order(order, shuffle_seed)
@@ -304,6 +325,8 @@ class SequentialRun:
         """General ability of the model as it is now (the probe's summary per language), once per step."""
         if self.probe is None:
             return
+        if probe_steps_of(self.probe) == "final" and after not in self.expected_records()[2]:
+            return
         signature = self.probe.signature
         if any(r["after"] == after and r["probe"] == signature for r in _read_jsonl(self.probe_path)):
             return
@@ -347,6 +370,8 @@ class SequentialRun:
             else:
                 evals += [("all (summed)", language) for language in self.evaluated_languages]
         probe_steps = list(dict.fromkeys(after for after, _ in evals))
+        if probe_steps_of(self.probe) == "final":
+            probe_steps = final_models(mode, probe_steps)
         return batches, evals, probe_steps
 
     def is_recorded(self) -> bool:

@@ -6,6 +6,8 @@ records it once per step (``probes.jsonl``) and a resumed run does not score a s
     probe = XtremeProbe(tasks=("xnli", "pawsx"), n_per_task=10, seed=0)
     result = sequential_run(lm, "langedit", requests, order, 3, probe=probe)
     result.probes          # after, task, language, f1, n, ...
+
+``steps="final"`` scores only the finished models (the last step of a multilingual run).
 """
 from __future__ import annotations
 
@@ -25,7 +27,13 @@ class XtremeProbe:
 
     def __init__(self, tasks: Sequence[str] | str = TASK_NAMES, languages: Sequence[str] | None = None,
                  n_per_task: int = 100, seed: int = 0, mode: str = "loglik", batch_size: int = 8,
-                 data_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> None:
+                 data_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                 steps: str = "every") -> None:
+        """`steps`: "every" language step (and the unedited model), or only the "final" models of a run
+        (SequentialRun's final_models: e.g. the four XTREME tasks, too costly to score after every step)."""
+        if steps not in ("every", "final"):
+            raise ValueError(f"steps must be 'every' or 'final', got {steps!r}")
+        self.steps = steps
         self.tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
         if not self.tasks:
             raise ValueError("an XTREME probe needs at least one task")
@@ -41,6 +49,8 @@ class XtremeProbe:
     def signature(self) -> str:
         """A short hash of what is scored (tasks, languages, items, seed, mode, protocol)."""
         what = ("xtreme", PROTOCOL_VERSION, self.tasks, self.languages, self.n_per_task, self.seed, self.mode)
+        if self.steps != "every":       # added only then, so the signatures recorded before stay valid
+            what += (self.steps,)
         return hashlib.sha256(repr(what).encode()).hexdigest()[:12]
 
     def summary(self, model, tokenizer) -> pd.DataFrame:

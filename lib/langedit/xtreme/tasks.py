@@ -48,6 +48,8 @@ TASKS: dict[str, TaskSpec] = {
     "wikiann": TaskSpec("wikiann", ("en", "de", "es", "fr", "nl", "zh"), 3, "ner", ("text", "label")),
 }
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
+#: How figures and tables name the tasks.
+TASK_LABELS: dict[str, str] = {"xnli": "XNLI", "pawsx": "PAWS-X", "mlqa": "MLQA", "wikiann": "WikiANN"}
 #: WikiANN demonstrations: one item containing each entity type, in the authors' order.
 NER_TYPES: tuple[str, ...] = ("ORG", "PER", "LOC")
 
