@@ -11,7 +11,8 @@ seconds, not the ~5 s per edit of v*. For each method and solver setting it edit
 with the same v*, keys and templates, and prints Efficacy / Generality of the N requests and how
 much of each wanted residual shift v* - h the edit realises at the last edited layer
 (1 - |v* - h_after| / |v* - h_before|, on the bare prompt). The difference between the two rows
-of a setting is what batching does to the solve. Writes a CSV; asserts nothing.
+of a setting is what batching does to the solve. Adds its rows to a CSV (column `machine`; rows of
+other settings and machines kept); asserts nothing.
 
     .venv/bin/python benchmarks/diagnose_batch_size.py --workdir /tmp/diag
 """
@@ -181,11 +182,33 @@ def main() -> None:
     first = Editor(lm, method="memit", progress=False)
     values, templates = values_for(first, requests, args.workdir), first.templates_for(requests)
     rows = []
+    earlier = pd.read_csv(args.out) if args.out.exists() else pd.DataFrame()
     for method, overrides in args.settings:
         rows += run_setting(lm, method, overrides, requests, values, args.small_batch, templates, args.by_site)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rows).to_csv(args.out, index=False, float_format="%.4g")
+        write_rows(args.out, earlier, pd.DataFrame(rows).assign(machine=machine_name()))
     print(f"written {args.out}")
+
+
+def machine_name() -> str:
+    """The CPU's model name (timings and, in the last bits, v* depend on it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def write_rows(path: Path, earlier: pd.DataFrame, rows: pd.DataFrame) -> None:
+    """The file's earlier rows (other settings or machines) kept, this run's rows replacing their own."""
+    key = ["method", "overrides", "batch_size", "machine"]
+    if not earlier.empty and set(key) <= set(earlier.columns):
+        mine = set(map(tuple, rows[key].astype(str).to_numpy()))
+        earlier = earlier[[tuple(r) not in mine for r in earlier[key].astype(str).to_numpy()]]
+    pd.concat([earlier, rows], ignore_index=True).to_csv(path, index=False, float_format="%.4g")
 
 
 if __name__ == "__main__":
