@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from ..editing.sequential import PROBE_STEPS
 from . import scoring
 from .evaluate import PROTOCOL_VERSION, _plan, evaluate_xtreme, method_for
 from .tasks import TASK_NAMES, get_task, gold_label, load_task, select_split
@@ -31,8 +32,8 @@ class XtremeProbe:
                  steps: str = "every") -> None:
         """`steps`: "every" language step (and the unedited model), or only the "final" models of a run
         (SequentialRun's final_models: e.g. the four XTREME tasks, too costly to score after every step)."""
-        if steps not in ("every", "final"):
-            raise ValueError(f"steps must be 'every' or 'final', got {steps!r}")
+        if steps not in PROBE_STEPS:
+            raise ValueError(f"steps must be one of {PROBE_STEPS}, got {steps!r}")
         self.steps = steps
         self.tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
         if not self.tasks:
